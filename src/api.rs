@@ -1,0 +1,12 @@
+//! The Registry HTTP API v2, pull side: route parsing, handlers, OCI error bodies, the request
+//! log, and the server's accept loop. The only module whose signatures mention hyper/http.
+
+mod body;
+pub mod errors;
+mod handler;
+mod range;
+pub mod route;
+pub mod server;
+
+pub use body::Body;
+pub use handler::State;

@@ -1,0 +1,121 @@
+//! The response body type, and the request log: one line per request, written when its body
+//! is finished (or dropped), so it knows the bytes actually sent and whether the transfer
+//! completed.
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// Every response body: boxed, and an `Err` frame aborts the transfer.
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// A body of fixed bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body streamed from blob bytes.
+pub fn stream(s: crate::cache::BlobStream) -> Body {
+    use futures_util::StreamExt;
+    StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
+}
+
+/// What the log line says about a request besides what the body learns.
+pub struct LogLine {
+    /// When the request arrived.
+    pub start: Instant,
+    /// Method.
+    pub method: http::Method,
+    /// Path and query.
+    pub path: String,
+    /// Status sent.
+    pub status: u16,
+    /// Cache outcome, if the cache was asked.
+    pub cache: &'static str,
+    /// `Content-Length` sent, if any: hyper stops polling a body once that much is out.
+    pub length: Option<u64>,
+}
+
+/// A body that counts what it sends and logs the request when done.
+pub struct Logged {
+    inner: Body,
+    line: LogLine,
+    bytes: u64,
+    outcome: &'static str,
+}
+
+impl Logged {
+    /// Wrap `inner`; the line is logged once `inner` ends, fails or is dropped.
+    pub fn new(inner: Body, line: LogLine) -> Logged {
+        Logged {
+            inner,
+            line,
+            bytes: 0,
+            outcome: "aborted",
+        }
+    }
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.outcome = "failed",
+            Poll::Ready(None) => self.outcome = "complete",
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if self.outcome == "aborted"
+            && (self.inner.is_end_stream() || self.line.length == Some(self.bytes))
+        {
+            self.outcome = "complete";
+        }
+        let l = &self.line;
+        tracing::info!(
+            target: "airlock::request",
+            method = %l.method,
+            path = %l.path,
+            status = l.status,
+            bytes = self.bytes,
+            cache = l.cache,
+            transfer = self.outcome,
+            ms = l.start.elapsed().as_millis() as u64,
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! Route → cache call → response: status, `Content-Type`, `Content-Length`,
+//! `Docker-Content-Digest`, `Range`, `HEAD`; errors through [`errors::response`].
+
+use super::body::{self, Body, LogLine, Logged};
+use super::errors;
+use super::range::ByteRange;
+use super::route::{Route, Router};
+use crate::cache::{Cache, Outcome};
+use crate::error::{Error, Result};
+use crate::oci::{Digest, Reference, Repository};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use std::time::Instant;
+
+/// Request headers larger than this (in all) are refused with an OCI error.
+pub const MAX_HEADER_BYTES: usize = 16 << 10;
+
+/// What the handlers share.
+pub struct State {
+    /// The cache.
+    pub cache: Cache,
+    /// Path → route.
+    pub router: Router,
+}
+
+const API_VERSION: &str = "docker-distribution-api-version";
+const CONTENT_DIGEST: &str = "docker-content-digest";
+
+impl State {
+    /// Answer one request. Never fails: errors become OCI error responses.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        let start = Instant::now();
+        let head = req.method() == Method::HEAD;
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
+        let (mut resp, outcome) = match self.answer(&req).await {
+            Ok((r, o)) => (r, o),
+            Err(e) => (errors::response(&e, head), None),
+        };
+        resp.headers_mut()
+            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        let line = LogLine {
+            start,
+            method: req.method().clone(),
+            path,
+            status: resp.status().as_u16(),
+            cache: outcome.map_or("-", Outcome::as_str),
+            length: match head {
+                true => Some(0),
+                false => resp
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok()),
+            },
+        };
+        resp.map(|b| Logged::new(b, line).boxed_unsync())
+    }
+
+    async fn answer<B>(&self, req: &Request<B>) -> Result<(Response<Body>, Option<Outcome>)> {
+        let size: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if size > MAX_HEADER_BYTES {
+            return Err(Error::HeadersTooLarge {
+                size,
+                limit: MAX_HEADER_BYTES,
+            });
+        }
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            ref m => {
+                return Err(Error::MethodNotAllowed(format!(
+                    "airlock is a read-only pull-through cache: {m} is not supported"
+                )));
+            }
+        };
+        let route = self.router.parse(req.uri().path(), req.uri().query())?;
+        match route {
+            Route::Base => {
+                let mut r = Response::new(if head {
+                    body::empty()
+                } else {
+                    body::full("{}")
+                });
+                set(r.headers_mut(), header::CONTENT_TYPE, "application/json");
+                Ok((r, None))
+            }
+            Route::Manifest { repo, reference } => {
+                self.manifest(req.headers(), &repo, &reference, head).await
+            }
+            Route::Blob { repo, digest } if head => self.blob_head(&repo, &digest).await,
+            Route::Blob { repo, digest } => self.blob(req.headers(), &repo, &digest).await,
+            Route::Tags { repo, n, last } => self.tags(req, &repo, n, last, head).await,
+        }
+    }
+
+    async fn manifest(
+        &self,
+        headers: &HeaderMap,
+        repo: &Repository,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<(Response<Body>, Option<Outcome>)> {
+        let accept: Vec<&str> = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let answer = self.cache.manifest(repo, reference, &accept).await?;
+        let m = answer.manifest;
+        let len = m.bytes.len();
+        let mut r = Response::new(if head {
+            body::empty()
+        } else {
+            body::full(m.bytes.clone())
+        });
+        let h = r.headers_mut();
+        set(h, header::CONTENT_TYPE, &m.media_type);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        digest_headers(h, &m.digest);
+        Ok((r, Some(answer.outcome)))
+    }
+
+    async fn blob_head(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<(Response<Body>, Option<Outcome>)> {
+        let (size, outcome) = self.cache.blob_size(repo, digest).await?;
+        let mut r = Response::new(body::empty());
+        let h = r.headers_mut();
+        if let Some(n) = size {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        blob_headers(h, digest);
+        Ok((r, Some(outcome)))
+    }
+
+    async fn blob(
+        &self,
+        headers: &HeaderMap,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<(Response<Body>, Option<Outcome>)> {
+        let answer = self.cache.blob(repo, digest).await?;
+        let range = headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ByteRange::parse);
+        let Some(range) = range else {
+            let size = answer.source.size();
+            let mut r = Response::new(body::stream(answer.source.stream(0, None)));
+            if let Some(n) = size {
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            blob_headers(r.headers_mut(), digest);
+            return Ok((r, Some(answer.outcome)));
+        };
+        // A range of a blob still downloading waits for the verified file.
+        let source = answer
+            .source
+            .verified()
+            .await
+            .map_err(|e| Error::UpstreamUnavailable {
+                registry: repo.registry.to_string(),
+                message: e.to_string(),
+            })?;
+        let size = source.size().unwrap_or(0);
+        let (start, end) = range
+            .resolve(size)
+            .ok_or(Error::RangeNotSatisfiable { size })?;
+        let mut r = Response::new(body::stream(source.stream(start, Some(end))));
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        set(
+            h,
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{}/{size}", end - 1),
+        );
+        blob_headers(h, digest);
+        Ok((r, Some(answer.outcome)))
+    }
+
+    async fn tags<B>(
+        &self,
+        req: &Request<B>,
+        repo: &Repository,
+        n: Option<usize>,
+        last: Option<String>,
+        head: bool,
+    ) -> Result<(Response<Body>, Option<Outcome>)> {
+        let (all, outcome) = self.cache.tags(repo).await?;
+        let after: Vec<&String> = all
+            .iter()
+            .filter(|t| last.as_ref().is_none_or(|l| *t > l))
+            .collect();
+        let page: Vec<&String> = after
+            .iter()
+            .take(n.unwrap_or(usize::MAX))
+            .copied()
+            .collect();
+        let json = serde_json::json!({ "name": repo.name.as_str(), "tags": page });
+        let bytes = serde_json::to_vec(&json).map_err(Error::internal)?;
+        let len = bytes.len();
+        let mut r = Response::new(if head {
+            body::empty()
+        } else {
+            body::full(bytes)
+        });
+        let h = r.headers_mut();
+        set(h, header::CONTENT_TYPE, "application/json");
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let (Some(n), Some(last)) = (n, page.last())
+            && after.len() > page.len()
+        {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query
+                .append_pair("n", &n.to_string())
+                .append_pair("last", last);
+            for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+                if k == "ns" {
+                    query.append_pair("ns", &v);
+                }
+            }
+            set(
+                h,
+                header::LINK,
+                &format!("<{}?{}>; rel=\"next\"", req.uri().path(), query.finish()),
+            );
+        }
+        Ok((r, Some(outcome)))
+    }
+}
+
+fn set(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+fn digest_headers(h: &mut HeaderMap, digest: &Digest) {
+    set(
+        h,
+        header::HeaderName::from_static(CONTENT_DIGEST),
+        &digest.to_string(),
+    );
+    set(h, header::ETAG, &format!("\"{digest}\""));
+}
+
+fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
+    set(h, header::CONTENT_TYPE, "application/octet-stream");
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    digest_headers(h, digest);
+}

@@ -1,0 +1,137 @@
+//! Composition root: builds the store, index, upstreams, cache and server from a [`Config`],
+//! runs them, and shuts them down gracefully. The only module naming concrete types.
+
+use crate::api::{State, route::Router, server};
+use crate::cache::{Cache, Settings};
+use crate::config::Config;
+use crate::oci::Registry;
+use crate::store::{fs::FsStore, index::SledIndex};
+use crate::upstream::{Entry, Upstreams, client::HttpUpstream};
+use anyhow::Context;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A started server.
+pub struct Running {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop accepting, drain in-flight requests (bounded), flush the index.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Build everything and start serving; returns once the listener is bound.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let data = &config.storage.path;
+    let store = FsStore::open(data)
+        .with_context(|| format!("cannot use the data directory {}", data.display()))?;
+    let index = SledIndex::open(&data.join("index"))?;
+    let upstreams = upstreams(&config)?;
+    let cache = Cache::new(
+        Arc::new(store),
+        Arc::new(index),
+        upstreams,
+        Settings {
+            memory_bytes: config.cache.memory.0,
+            fill_timeout: config.storage.fill_timeout,
+        },
+    );
+    let default: Registry = config.server.default_registry.parse()?;
+    if !cache.upstreams().contains(&default) && !config.upstream.is_empty() {
+        tracing::warn!(registry = %default, "server.default_registry has no [[upstream]]: requests without a registry can only be answered from the cache");
+    }
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data = %data.display(), "airlock is serving the registry API");
+    for u in &config.upstream {
+        tracing::info!(registry = %u.registry, url = %u.effective_url(), tag_ttl = ?u.tag_ttl, "upstream");
+    }
+    let state = Arc::new(State {
+        cache: cache.clone(),
+        router: Router::new(default),
+    });
+    let (tx, rx) = oneshot::channel::<()>();
+    let grace = config.server.shutdown_timeout;
+    let task = tokio::spawn(async move {
+        server::serve(
+            listener,
+            state,
+            async {
+                let _ = rx.await;
+            },
+            grace,
+        )
+        .await;
+        if let Err(e) = cache.index().flush() {
+            tracing::error!(error = %e, "could not flush the index");
+        }
+    });
+    Ok(Running {
+        addr,
+        stop: Some(tx),
+        task,
+    })
+}
+
+fn upstreams(config: &Config) -> anyhow::Result<Upstreams> {
+    let mut entries = HashMap::new();
+    for u in &config.upstream {
+        let registry: Registry = u.registry.parse()?;
+        let client = HttpUpstream::new(u).with_context(|| format!("upstream {}", u.registry))?;
+        entries.insert(
+            registry,
+            Entry {
+                upstream: Arc::new(client),
+                tag_ttl: u.tag_ttl,
+            },
+        );
+    }
+    Ok(Upstreams::new(
+        entries,
+        config.server.default_registry.parse()?,
+    ))
+}
+
+/// Run until SIGINT or SIGTERM, then shut down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown_signal().await?;
+    tracing::info!("signal received");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

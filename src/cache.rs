@@ -1,0 +1,146 @@
+//! The cache policy: what is a hit, a miss, a stale answer; one fill per missing blob.
+//!
+//! * Blobs: stored and linked to the repository → hit. Missing → join the one fill for that
+//!   digest (starting it if none runs); every requester tails the growing spool.
+//! * Manifests by tag: hot cache → index → upstream when stale (HEAD first); when the upstream
+//!   cannot answer, the last known answer is served (stale-if-error).
+//! * Manifests by digest: immutable, never revalidated.
+//!
+//! A blob or manifest is served under a repository only once it is known to belong there:
+//! fetched for it, named by one of its manifests, or confirmed by its upstream.
+
+mod blobs;
+mod fill;
+mod flights;
+mod hot;
+mod manifests;
+mod reader;
+mod tags;
+
+pub use reader::{BlobSource, BlobStream};
+
+use crate::error::{Error, Result};
+use crate::oci::{Digest, Repository};
+use crate::store::{BlobStore, Index};
+use crate::upstream::{Entry, Upstreams};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a request was answered, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the cache, without downloading anything.
+    Hit,
+    /// Fetched from the upstream for this request.
+    Miss,
+    /// Joined a fetch another request had started.
+    Coalesced,
+    /// From the cache because the upstream could not answer.
+    Stale,
+}
+
+impl Outcome {
+    /// Lower-case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Stale => "stale",
+        }
+    }
+}
+
+/// A manifest, byte for byte as the upstream sent it.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Its digest (the sha256 of `bytes`).
+    pub digest: Digest,
+    /// Its `Content-Type`.
+    pub media_type: String,
+    /// Its bytes.
+    pub bytes: Bytes,
+}
+
+/// A manifest answer.
+#[derive(Debug, Clone)]
+pub struct ManifestAnswer {
+    /// The manifest.
+    pub manifest: Arc<Manifest>,
+    /// How it was found.
+    pub outcome: Outcome,
+}
+
+/// A blob answer: where to read it from, and how it was found.
+pub struct BlobAnswer {
+    /// The bytes (stored, or a fill in progress).
+    pub source: BlobSource,
+    /// How it was found.
+    pub outcome: Outcome,
+}
+
+/// Settings of the cache itself.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Memory for hot manifests.
+    pub memory_bytes: u64,
+    /// Upper bound on one blob download.
+    pub fill_timeout: Duration,
+}
+
+/// The cache. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn BlobStore>,
+    index: Arc<dyn Index>,
+    upstreams: Upstreams,
+    hot: hot::Hot,
+    fills: fill::Fills,
+    flights: flights::Flights<manifests::FlightKey, ManifestAnswer>,
+    settings: Settings,
+}
+
+impl Cache {
+    /// A cache over `store` and `index`, fetching misses from `upstreams`.
+    pub fn new(
+        store: Arc<dyn BlobStore>,
+        index: Arc<dyn Index>,
+        upstreams: Upstreams,
+        settings: Settings,
+    ) -> Cache {
+        Cache {
+            inner: Arc::new(Inner {
+                hot: hot::Hot::new(settings.memory_bytes),
+                fills: fill::Fills::default(),
+                flights: flights::Flights::default(),
+                store,
+                index,
+                upstreams,
+                settings,
+            }),
+        }
+    }
+
+    /// The configured upstreams (for routing).
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.inner.upstreams
+    }
+
+    /// The index (to flush it on shutdown).
+    pub fn index(&self) -> &Arc<dyn Index> {
+        &self.inner.index
+    }
+
+    fn upstream(&self, repo: &Repository) -> Result<&Entry> {
+        self.inner.upstreams.get(&repo.registry)
+    }
+
+    fn blob_unknown(repo: &Repository, digest: &Digest) -> Error {
+        Error::BlobUnknown(format!("{digest} is not known in {repo}"))
+    }
+}

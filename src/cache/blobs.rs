@@ -1,0 +1,124 @@
+//! Blob policy: stored and linked → hit; stored elsewhere → confirm membership upstream;
+//! missing → one fill per digest that every requester joins.
+
+use super::fill::{FillContext, Joined};
+use super::{BlobAnswer, BlobSource, Cache, Outcome};
+use crate::error::{Error, Result};
+use crate::oci::{Digest, Repository};
+use crate::store::BlobInfo;
+use std::sync::Arc;
+
+impl Cache {
+    /// A blob of `repo`, streamed from the cache or from the one fill fetching it.
+    pub async fn blob(&self, repo: &Repository, digest: &Digest) -> Result<BlobAnswer> {
+        let inner = &self.inner;
+        if let Some(answer) = self.stored_blob(repo, digest).await? {
+            return Ok(answer);
+        }
+        let upstream = self.upstream(repo)?.upstream.clone();
+        let ctx = FillContext {
+            store: inner.store.clone(),
+            index: inner.index.clone(),
+            timeout: inner.settings.fill_timeout,
+        };
+        let (fill, started) = match inner.fills.join_or_start(ctx, upstream, repo, digest)? {
+            Joined::Fill { fill, started } => (fill, started),
+            // It finished between our look and the lock: now it is a plain stored blob.
+            Joined::Stored => {
+                return self
+                    .stored_blob(repo, digest)
+                    .await?
+                    .ok_or_else(|| Cache::blob_unknown(repo, digest));
+            }
+        };
+        if !started && fill.owner != *repo {
+            self.confirm(repo, digest).await?;
+        }
+        let mut state = fill.state.clone();
+        let first = state
+            .wait_for(|s| !matches!(s, super::fill::FillState::Starting))
+            .await
+            .map_err(|_| Error::internal("blob fetch ended unexpectedly"))?
+            .clone();
+        if let super::fill::FillState::Failed(e) = first {
+            return Err(e);
+        }
+        let outcome = if started {
+            Outcome::Miss
+        } else {
+            Outcome::Coalesced
+        };
+        Ok(BlobAnswer {
+            source: BlobSource::Filling(fill),
+            outcome,
+        })
+    }
+
+    /// Size of a blob of `repo` for `HEAD`, without downloading it.
+    pub async fn blob_size(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<(Option<u64>, Outcome)> {
+        let inner = &self.inner;
+        if let Some(size) = inner.store.stat(digest)? {
+            if !inner.index.is_linked(repo, digest)? {
+                self.confirm(repo, digest).await?;
+            }
+            return Ok((Some(size), Outcome::Hit));
+        }
+        if let Some(size) = inner.fills.size_of(digest)
+            && inner.index.is_linked(repo, digest)?
+        {
+            return Ok((Some(size), Outcome::Coalesced));
+        }
+        let size = self.confirm(repo, digest).await?;
+        Ok((size, Outcome::Miss))
+    }
+
+    /// The stored blob if it is stored and known to belong to `repo` (asking upstream when
+    /// only another repository had it).
+    async fn stored_blob(&self, repo: &Repository, digest: &Digest) -> Result<Option<BlobAnswer>> {
+        let inner = &self.inner;
+        let Some(file) = inner.store.open(digest)? else {
+            return Ok(None);
+        };
+        if !inner.index.is_linked(repo, digest)? {
+            self.confirm(repo, digest).await?;
+        }
+        let size = file.metadata()?.len();
+        let _ = inner.index.touch(digest);
+        Ok(Some(BlobAnswer {
+            source: BlobSource::Stored(Arc::new(file), size),
+            outcome: Outcome::Hit,
+        }))
+    }
+
+    /// Ask the upstream whether `digest` is in `repo`; link it if so. A private blob cached
+    /// for one repository is never served through another name without this.
+    async fn confirm(&self, repo: &Repository, digest: &Digest) -> Result<Option<u64>> {
+        let inner = &self.inner;
+        let upstream = &self
+            .upstream(repo)
+            .map_err(|_| Cache::blob_unknown(repo, digest))?
+            .upstream;
+        match upstream.blob_exists(&repo.name, digest).await? {
+            None => Err(Cache::blob_unknown(repo, digest)),
+            Some(size) => {
+                inner.index.link(repo, digest)?;
+                if let Some(size) = size
+                    && inner.index.blob_info(digest)?.is_none()
+                {
+                    inner.index.set_blob_info(
+                        digest,
+                        &BlobInfo {
+                            size,
+                            media_type: None,
+                        },
+                    )?;
+                }
+                Ok(size.or(inner.index.blob_info(digest)?.map(|i| i.size)))
+            }
+        }
+    }
+}

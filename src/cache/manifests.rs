@@ -1,0 +1,342 @@
+//! Manifest policy. By digest: immutable, served from the cache once known in the repository.
+//! By tag: fresh within the upstream's tag TTL without any request; stale → revalidate with
+//! HEAD and download only a changed digest; upstream down, 5xx or 429 → the last known answer
+//! (stale-if-error). Concurrent resolutions of one tag share one upstream exchange.
+
+use super::{Cache, Manifest, ManifestAnswer, Outcome};
+use crate::error::{Error, Result};
+use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_BYTES};
+use crate::oci::{Digest, Reference, Repository, Tag, accepts, children};
+use crate::store::{BlobInfo, CommitError, TagRecord, now_ms};
+use crate::upstream::FetchedManifest;
+use std::io::Read;
+use std::sync::Arc;
+
+/// Key of a coalesced manifest resolution: repository, reference, the client's `Accept`.
+pub(super) type FlightKey = (Repository, Reference, String);
+
+impl Cache {
+    /// A manifest of `repo` by tag or digest, for a client sending `accept`.
+    pub async fn manifest(
+        &self,
+        repo: &Repository,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<ManifestAnswer> {
+        if let Some(hit) = self.manifest_fast(repo, reference, accept).await? {
+            return Ok(ManifestAnswer {
+                manifest: hit,
+                outcome: Outcome::Hit,
+            });
+        }
+        let accept: Vec<String> = accept.iter().map(|s| s.to_string()).collect();
+        let key = (repo.clone(), reference.clone(), accept.join(", "));
+        let (this, repo2, reference2) = (self.clone(), repo.clone(), reference.clone());
+        let work = async move { this.manifest_slow(&repo2, &reference2, &accept).await };
+        let (result, joined) = self.inner.flights.run(key, work).await;
+        let mut answer = result?;
+        if joined && answer.outcome == Outcome::Miss {
+            answer.outcome = Outcome::Coalesced;
+        }
+        Ok(answer)
+    }
+
+    /// Answers that need no upstream at all: a known digest, a fresh tag.
+    async fn manifest_fast(
+        &self,
+        repo: &Repository,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<Option<Arc<Manifest>>> {
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => match self.tag_record(repo, t).await? {
+                Some(rec) if accepts(accept, &rec.media_type) && self.is_fresh(repo, &rec) => {
+                    rec.digest
+                }
+                _ => return Ok(None),
+            },
+        };
+        if !self.inner.index.is_linked(repo, &digest)? {
+            return Ok(None);
+        }
+        self.load_manifest(&digest).await
+    }
+
+    async fn manifest_slow(
+        &self,
+        repo: &Repository,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestAnswer> {
+        let accept: Vec<&str> = accept.iter().map(String::as_str).collect();
+        let answer = |manifest, outcome| Ok(ManifestAnswer { manifest, outcome });
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(repo, d, &accept).await,
+            Reference::Tag(tag) => {
+                let upstream_accept = if accept.iter().all(|a| a.trim().is_empty()) {
+                    ACCEPT_ALL.to_string()
+                } else {
+                    accept.join(", ")
+                };
+                let known = match self.tag_record(repo, tag).await? {
+                    Some(rec)
+                        if accepts(&accept, &rec.media_type)
+                            && self.inner.index.is_linked(repo, &rec.digest)? =>
+                    {
+                        self.load_manifest(&rec.digest).await?.map(|m| (rec, m))
+                    }
+                    _ => None,
+                };
+                match self
+                    .revalidate(repo, tag, &upstream_accept, known.as_ref())
+                    .await
+                {
+                    Ok(Some((m, outcome))) => answer(m, outcome),
+                    Ok(None) => Err(Error::ManifestUnknown(format!(
+                        "{repo}:{tag} is not known upstream"
+                    ))),
+                    Err(e) if e.allows_stale() && known.is_some() => {
+                        let (rec, m) = known.expect("checked");
+                        tracing::warn!(%repo, %tag, digest = %rec.digest, error = %e, "upstream cannot answer, serving the last known tag answer");
+                        answer(m, Outcome::Stale)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Ask the upstream about a tag: HEAD when we know an answer (download only a changed
+    /// digest), GET otherwise. `Ok(None)`: the upstream does not have the tag.
+    async fn revalidate(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        accept: &str,
+        known: Option<&(TagRecord, Arc<Manifest>)>,
+    ) -> Result<Option<(Arc<Manifest>, Outcome)>> {
+        let upstream = self.upstream(repo)?.upstream.clone();
+        let reference = Reference::Tag(tag.clone());
+        if let Some((rec, m)) = known {
+            if self.is_fresh(repo, rec) {
+                return Ok(Some((m.clone(), Outcome::Hit)));
+            }
+            let Some(head) = upstream
+                .manifest(&repo.name, &reference, accept, true)
+                .await?
+            else {
+                self.forget_tag(repo, tag).await?;
+                return Ok(None);
+            };
+            if let Some(d) = &head.digest
+                && self.inner.index.is_linked(repo, d)?
+                && let Some(m) = self.load_manifest(d).await?
+            {
+                self.remember_tag(repo, tag, &m).await?;
+                return Ok(Some((m, Outcome::Hit)));
+            }
+        }
+        let Some(fetched) = upstream
+            .manifest(&repo.name, &reference, accept, false)
+            .await?
+        else {
+            if known.is_some() {
+                self.forget_tag(repo, tag).await?;
+            }
+            return Ok(None);
+        };
+        let m = self.store_manifest(repo, fetched, None).await?;
+        self.remember_tag(repo, tag, &m).await?;
+        Ok(Some((m, Outcome::Miss)))
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        accept: &[&str],
+    ) -> Result<ManifestAnswer> {
+        let upstream = self.upstream(repo)?.upstream.clone();
+        let reference = Reference::Digest(digest.clone());
+        let unknown = || Error::ManifestUnknown(format!("{digest} is not known in {repo}"));
+        // Ask for every type: a digest names one content whatever the client prefers.
+        let accept = [accept.join(", "), ACCEPT_ALL.to_string()].join(", ");
+        if let Some(m) = self.load_manifest(digest).await? {
+            // Stored for another repository: serve it here only if the upstream confirms.
+            upstream
+                .manifest(&repo.name, &reference, &accept, true)
+                .await?
+                .ok_or_else(unknown)?;
+            self.inner.index.link(repo, digest)?;
+            return Ok(ManifestAnswer {
+                manifest: m,
+                outcome: Outcome::Hit,
+            });
+        }
+        let fetched = upstream
+            .manifest(&repo.name, &reference, &accept, false)
+            .await?
+            .ok_or_else(unknown)?;
+        let m = self.store_manifest(repo, fetched, Some(digest)).await?;
+        Ok(ManifestAnswer {
+            manifest: m,
+            outcome: Outcome::Miss,
+        })
+    }
+
+    /// Verify and store a manifest byte for byte; link it and everything it names to `repo`.
+    async fn store_manifest(
+        &self,
+        repo: &Repository,
+        fetched: FetchedManifest,
+        expected: Option<&Digest>,
+    ) -> Result<Arc<Manifest>> {
+        let inner = &self.inner;
+        let invalid = |m: String| Error::UpstreamInvalid {
+            registry: repo.registry.to_string(),
+            message: m,
+        };
+        let bytes = fetched
+            .bytes
+            .ok_or_else(|| Error::internal("manifest answer without a body"))?;
+        let digest = Digest::of(&bytes);
+        for claimed in expected.into_iter().chain(fetched.digest.as_ref()) {
+            if *claimed != digest {
+                return Err(invalid(format!(
+                    "manifest {claimed} of {repo} has content hashing to {digest}"
+                )));
+            }
+        }
+        let (store, d, b) = (inner.store.clone(), digest.clone(), bytes.clone());
+        match tokio::task::spawn_blocking(move || store.put(&d, &b))
+            .await
+            .map_err(Error::internal)?
+        {
+            Ok(()) => {}
+            Err(CommitError::Mismatch { .. }) => unreachable!("digest computed from these bytes"),
+            Err(CommitError::Io(e)) => {
+                return Err(Error::internal(format!("storing manifest {digest}: {e}")));
+            }
+        }
+        let info = BlobInfo {
+            size: bytes.len() as u64,
+            media_type: Some(fetched.media_type.clone()),
+        };
+        inner.index.set_blob_info(&digest, &info)?;
+        inner.index.link(repo, &digest)?;
+        for child in children(&bytes).unwrap_or_default() {
+            // The upstream accepted this manifest only with these in the repository.
+            inner.index.link(repo, &child.digest)?;
+            if let Some(size) = child.size
+                && inner.index.blob_info(&child.digest)?.is_none()
+            {
+                inner.index.set_blob_info(
+                    &child.digest,
+                    &BlobInfo {
+                        size,
+                        media_type: child.media_type,
+                    },
+                )?;
+            }
+        }
+        let m = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type: fetched.media_type,
+            bytes,
+        });
+        inner.hot.manifests.insert(digest, m.clone()).await;
+        Ok(m)
+    }
+
+    /// A stored manifest, from memory or disk (re-verified on its way into memory).
+    async fn load_manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>> {
+        let inner = &self.inner;
+        if let Some(m) = inner.hot.manifests.get(digest).await {
+            let _ = inner.index.touch(digest);
+            return Ok(Some(m));
+        }
+        let Some(media_type) = inner
+            .index
+            .blob_info(digest)?
+            .and_then(|i| i.media_type)
+            .filter(|t| is_manifest_type(t))
+        else {
+            return Ok(None);
+        };
+        let Some(file) = inner.store.open(digest)? else {
+            return Ok(None);
+        };
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            file.take(MAX_MANIFEST_BYTES as u64 + 1)
+                .read_to_end(&mut buf)
+                .map(|_| buf)
+        })
+        .await
+        .map_err(Error::internal)??;
+        if Digest::of(&bytes) != *digest {
+            tracing::error!(%digest, "stored manifest does not match its digest; ignoring it (run a cache verify)");
+            return Ok(None);
+        }
+        let m = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes: bytes.into(),
+        });
+        inner.hot.manifests.insert(digest.clone(), m.clone()).await;
+        let _ = inner.index.touch(digest);
+        Ok(Some(m))
+    }
+
+    async fn tag_record(&self, repo: &Repository, tag: &Tag) -> Result<Option<TagRecord>> {
+        let key = (repo.clone(), tag.clone());
+        if let Some(rec) = self.inner.hot.tags.get(&key).await {
+            return Ok(Some(rec));
+        }
+        let rec = self.inner.index.tag(repo, tag)?;
+        if let Some(r) = &rec {
+            self.inner.hot.tags.insert(key, r.clone()).await;
+        }
+        Ok(rec)
+    }
+
+    async fn remember_tag(&self, repo: &Repository, tag: &Tag, m: &Manifest) -> Result<()> {
+        let rec = TagRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            fetched_at_ms: now_ms(),
+        };
+        self.inner.index.set_tag(repo, tag, &rec)?;
+        self.inner
+            .hot
+            .tags
+            .insert((repo.clone(), tag.clone()), rec)
+            .await;
+        Ok(())
+    }
+
+    async fn forget_tag(&self, repo: &Repository, tag: &Tag) -> Result<()> {
+        self.inner.index.remove_tag(repo, tag)?;
+        self.inner
+            .hot
+            .tags
+            .invalidate(&(repo.clone(), tag.clone()))
+            .await;
+        Ok(())
+    }
+
+    /// Within the upstream's tag TTL. With no upstream configured, nothing can be asked: the
+    /// cached answer is the answer.
+    fn is_fresh(&self, repo: &Repository, rec: &TagRecord) -> bool {
+        match self.upstream(repo) {
+            Ok(e) => (now_ms().saturating_sub(rec.fetched_at_ms) as u128) < e.tag_ttl.as_millis(),
+            Err(_) => true,
+        }
+    }
+}
+
+/// Whether a stored media type is a manifest's (not a config or layer also named by digest).
+fn is_manifest_type(media_type: &str) -> bool {
+    media_type.contains("manifest") || media_type.contains("index")
+}

@@ -1,0 +1,158 @@
+//! Reading a blob: from a stored file, or tailing the spool of a fill as it grows. The last
+//! byte of a fill is held back until the fill is verified, so a digest mismatch or a short
+//! upstream body always ends the client's transfer with an error, never a clean end.
+
+use super::fill::{Fill, FillState};
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Bytes read per step: large enough for throughput, small enough to start sending early.
+const CHUNK: u64 = 512 << 10;
+
+/// A stream of blob bytes; an `Err` item means the transfer must be cut.
+pub type BlobStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// Where a blob's bytes come from.
+#[derive(Clone)]
+pub enum BlobSource {
+    /// A verified file of this size.
+    Stored(Arc<File>, u64),
+    /// A fill in progress.
+    Filling(Arc<Fill>),
+}
+
+impl BlobSource {
+    /// Total size if known now.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            BlobSource::Stored(_, n) => Some(*n),
+            BlobSource::Filling(f) => match &*f.state.borrow() {
+                FillState::Writing { size, .. } => *size,
+                FillState::Done(n) => Some(*n),
+                _ => None,
+            },
+        }
+    }
+
+    /// Wait until the bytes are verified and stored (for `Range` requests on a miss, which
+    /// must not see unverified bytes).
+    pub async fn verified(self) -> io::Result<BlobSource> {
+        match self {
+            BlobSource::Stored(..) => Ok(self),
+            BlobSource::Filling(fill) => {
+                let mut rx = fill.state.clone();
+                let done = rx
+                    .wait_for(|s| matches!(s, FillState::Done(_) | FillState::Failed(_)))
+                    .await
+                    .map_err(|_| io::Error::other("blob fetch ended unexpectedly"))?
+                    .clone();
+                match done {
+                    FillState::Done(n) => Ok(BlobSource::Stored(fill.file.clone(), n)),
+                    FillState::Failed(e) => Err(io::Error::other(e.to_string())),
+                    _ => unreachable!("waited for a final state"),
+                }
+            }
+        }
+    }
+
+    /// The bytes `start..end` (`end` exclusive, `None` for the end of the blob).
+    pub fn stream(self, start: u64, end: Option<u64>) -> BlobStream {
+        let (file, progress) = match self {
+            BlobSource::Stored(file, n) => (file, Progress::Fixed(n)),
+            BlobSource::Filling(fill) => (fill.file.clone(), Progress::Live(fill.state.clone())),
+        };
+        let reader = Reader {
+            file,
+            pos: start,
+            end,
+            progress,
+            finished: false,
+        };
+        stream::unfold(reader, |mut r| async move {
+            r.next().await.map(|item| (item, r))
+        })
+        .boxed()
+    }
+}
+
+enum Progress {
+    Fixed(u64),
+    Live(watch::Receiver<FillState>),
+}
+
+struct Reader {
+    file: Arc<File>,
+    pos: u64,
+    end: Option<u64>,
+    progress: Progress,
+    finished: bool,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            // (readable now, final size once known to be final)
+            let (readable, total) = match &mut self.progress {
+                Progress::Fixed(n) => (*n, Some(*n)),
+                Progress::Live(rx) => match &*rx.borrow_and_update() {
+                    FillState::Starting => (0, None),
+                    FillState::Writing { written, size } => match size {
+                        Some(s) => ((*written).min(s.saturating_sub(1)), None),
+                        None => (*written, None),
+                    },
+                    FillState::Done(n) => (*n, Some(*n)),
+                    FillState::Failed(e) => {
+                        self.finished = true;
+                        return Some(Err(io::Error::other(e.to_string())));
+                    }
+                },
+            };
+            let limit = self.end.map_or(readable, |e| e.min(readable));
+            if self.pos < limit {
+                let n = (limit - self.pos).min(CHUNK);
+                let item = read_at(self.file.clone(), self.pos, n).await;
+                match &item {
+                    Ok(b) => self.pos += b.len() as u64,
+                    Err(_) => self.finished = true,
+                }
+                return Some(item);
+            }
+            if let Some(total) = total {
+                self.finished = true;
+                if self.end.is_some_and(|e| e > total) {
+                    return Some(Err(io::Error::other(
+                        "blob is shorter than the requested range",
+                    )));
+                }
+                return None;
+            }
+            let Progress::Live(rx) = &mut self.progress else {
+                unreachable!("fixed progress always has a total")
+            };
+            if rx.changed().await.is_err()
+                && !matches!(&*rx.borrow(), FillState::Done(_) | FillState::Failed(_))
+            {
+                self.finished = true;
+                return Some(Err(io::Error::other("blob fetch ended unexpectedly")));
+            }
+        }
+    }
+}
+
+async fn read_at(file: Arc<File>, pos: u64, n: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(&mut buf, pos)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}

@@ -1,0 +1,50 @@
+//! Tag lists: asked upstream (all pages) at most once per tag TTL; when the upstream cannot
+//! answer, the tags this cache knows are listed instead.
+
+use super::{Cache, Outcome};
+use crate::error::{Error, Result};
+use crate::oci::Repository;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Cache {
+    /// All tags of `repo`, sorted.
+    pub async fn tags(&self, repo: &Repository) -> Result<(Arc<Vec<String>>, Outcome)> {
+        let inner = &self.inner;
+        let entry = match self.upstream(repo) {
+            Ok(e) => e,
+            Err(e) => return self.known_tags(repo).ok_or(e).map(|t| (t, Outcome::Hit)),
+        };
+        if let Some((at, list)) = inner.hot.tag_lists.get(repo).await
+            && at.elapsed() < entry.tag_ttl
+        {
+            return Ok((list, Outcome::Hit));
+        }
+        match entry.upstream.tags(&repo.name).await {
+            Ok(Some(mut list)) => {
+                list.sort();
+                list.dedup();
+                let list = Arc::new(list);
+                inner
+                    .hot
+                    .tag_lists
+                    .insert(repo.clone(), (Instant::now(), list.clone()))
+                    .await;
+                Ok((list, Outcome::Miss))
+            }
+            Ok(None) => Err(Error::NameUnknown(format!(
+                "repository {repo} is not known upstream"
+            ))),
+            Err(e) if e.allows_stale() => {
+                tracing::warn!(%repo, error = %e, "upstream cannot answer, listing the tags known here");
+                self.known_tags(repo).ok_or(e).map(|t| (t, Outcome::Stale))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn known_tags(&self, repo: &Repository) -> Option<Arc<Vec<String>>> {
+        let tags = self.inner.index.tags(repo).ok()?;
+        (!tags.is_empty()).then(|| Arc::new(tags))
+    }
+}

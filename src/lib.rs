@@ -1,0 +1,14 @@
+//! airlock: a pull-through caching proxy for container registries.
+//!
+//! Dependencies point one way: `app → api → cache → {store, upstream} → oci`; `config`, `error`
+//! and `oci` are leaves every module may use. See `DESIGN.md` in the team's shared notes and
+//! the README for the request flow.
+
+pub mod api;
+pub mod app;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod oci;
+pub mod store;
+pub mod upstream;

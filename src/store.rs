@@ -1,0 +1,130 @@
+//! Content-addressed storage: the traits the cache sees, and their implementations.
+//!
+//! On disk, under the data directory:
+//! ```text
+//! <data>/blobs/sha256/ab/abcdef…   verified content, manifests included, named by digest
+//! <data>/tmp/                      spools being written; anything here at start-up is garbage
+//! <data>/index/                    sled: tags, blob descriptors, repository links, access times
+//! ```
+//! A blob file appears only by `rename` after its bytes were hashed, matched and fsynced, so a
+//! crash at any point leaves either nothing or a verified blob.
+
+pub mod fs;
+pub mod index;
+
+use crate::error::Result;
+use crate::oci::{Digest, Repository, Tag};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io;
+
+/// Verified blobs by digest.
+pub trait BlobStore: Send + Sync {
+    /// Size of the stored blob; `None` when it is not stored.
+    fn stat(&self, digest: &Digest) -> io::Result<Option<u64>>;
+
+    /// Open the stored blob for reading; `None` when it is not stored. The handle stays valid
+    /// if the blob is removed meanwhile.
+    fn open(&self, digest: &Digest) -> io::Result<Option<File>>;
+
+    /// Start writing content that must hash to `digest`. Nothing becomes visible until
+    /// [`BlobWriter::commit`] has verified it; dropping the writer discards the spool.
+    fn create(&self, digest: &Digest) -> io::Result<Box<dyn BlobWriter>>;
+
+    /// Store small content (a manifest) in one step, verified like any other.
+    fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<(), CommitError> {
+        let mut w = self.create(digest)?;
+        w.write(bytes)?;
+        w.commit().map(|_| ())
+    }
+
+    /// Remove a stored blob; `false` when it was not there.
+    fn remove(&self, digest: &Digest) -> io::Result<bool>;
+}
+
+/// A blob being written. Readers may follow it through [`BlobWriter::reader`] while it grows.
+pub trait BlobWriter: Send {
+    /// Append bytes (hashed as they go).
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
+
+    /// Bytes appended so far.
+    fn written(&self) -> u64;
+
+    /// A separate read handle on the spool, readable at any offset below [`written`]
+    /// (`pread`); it stays valid after commit or abort.
+    ///
+    /// [`written`]: BlobWriter::written
+    fn reader(&self) -> io::Result<File>;
+
+    /// Verify the digest, make the bytes durable and visible. On any error nothing is visible.
+    fn commit(self: Box<Self>) -> Result<u64, CommitError>;
+}
+
+/// Why a blob could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The bytes hash to something else: nothing was stored.
+    #[error("content hashes to {actual}, not {expected}")]
+    Mismatch {
+        /// Digest asked for.
+        expected: Digest,
+        /// Digest of the bytes written.
+        actual: Digest,
+    },
+    /// Disk full, permissions, …
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// What a tag pointed at when last asked upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The manifest digest.
+    pub digest: Digest,
+    /// Its `Content-Type`.
+    pub media_type: String,
+    /// When the upstream last confirmed it, in milliseconds since the Unix epoch.
+    pub fetched_at_ms: u64,
+}
+
+/// What is known about a blob or manifest besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Media type, when known (always for manifests).
+    pub media_type: Option<String>,
+}
+
+/// The index: small records about content, kept apart from the content itself. Absent
+/// records read as `None`/`false`; every write is atomic per record.
+pub trait Index: Send + Sync {
+    /// The last known answer for a tag.
+    fn tag(&self, repo: &Repository, tag: &Tag) -> Result<Option<TagRecord>>;
+    /// Record a tag answer.
+    fn set_tag(&self, repo: &Repository, tag: &Tag, record: &TagRecord) -> Result<()>;
+    /// Forget a tag (the upstream said it is gone).
+    fn remove_tag(&self, repo: &Repository, tag: &Tag) -> Result<()>;
+    /// Tags known for a repository, sorted.
+    fn tags(&self, repo: &Repository) -> Result<Vec<String>>;
+    /// Size and media type of content, if known.
+    fn blob_info(&self, digest: &Digest) -> Result<Option<BlobInfo>>;
+    /// Record size and media type of content.
+    fn set_blob_info(&self, digest: &Digest, info: &BlobInfo) -> Result<()>;
+    /// Record that `digest` belongs to `repo` (fetched for it, or confirmed by its upstream).
+    fn link(&self, repo: &Repository, digest: &Digest) -> Result<()>;
+    /// Whether `digest` belongs to `repo`.
+    fn is_linked(&self, repo: &Repository, digest: &Digest) -> Result<bool>;
+    /// Note that content was just used (for eviction); cheap enough for every request.
+    fn touch(&self, digest: &Digest) -> Result<()>;
+    /// Make everything written so far durable.
+    fn flush(&self) -> Result<()>;
+}
+
+/// Milliseconds since the Unix epoch, for records.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

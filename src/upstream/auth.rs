@@ -1,0 +1,307 @@
+//! Upstream authentication as registries do it: parse the `WWW-Authenticate` challenge of a
+//! 401, then either send Basic credentials (ECR, Artifactory) or ask the challenge's realm for a
+//! `repository:<name>:pull` Bearer token (Docker Hub, GHCR), anonymously or with credentials,
+//! and reuse it until it expires.
+
+use crate::error::{Error, Result};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::HeaderValue;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Basic realm="…"`: send the credentials with every request.
+    Basic,
+    /// `Bearer realm="…",service="…"`: get a token from the realm.
+    Bearer {
+        /// Token endpoint.
+        realm: String,
+        /// The `service` to ask the token for.
+        service: Option<String>,
+    },
+}
+
+impl Challenge {
+    /// Parse one `WWW-Authenticate` value; `None` when the scheme is neither Basic nor Bearer
+    /// or a Bearer challenge has no realm.
+    pub fn parse(value: &str) -> Option<Challenge> {
+        let value = value.trim();
+        let (scheme, rest) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+        let params = parse_params(rest);
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => Some(Challenge::Basic),
+            "bearer" => Some(Challenge::Bearer {
+                realm: params.get("realm")?.clone(),
+                service: params.get("service").cloned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `k=v` and `k="quoted, with \"escapes\""` pairs separated by commas; keys lower-cased.
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            return out;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => val.extend(chars.next()),
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek().copied().filter(|c| *c != ',') {
+                val.push(c);
+                chars.next();
+            }
+        }
+        out.insert(key.trim().to_ascii_lowercase(), val.trim().to_string());
+    }
+}
+
+/// Credentials for one upstream. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}:***)", self.username)
+    }
+}
+
+impl Credentials {
+    /// The `Authorization: Basic …` value.
+    pub fn basic_header(&self) -> HeaderValue {
+        let raw = B64.encode(format!("{}:{}", self.username, self.password));
+        let mut v =
+            HeaderValue::from_str(&format!("Basic {raw}")).unwrap_or(HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Tokens live 60 s when the issuer does not say (the distribution token spec's default).
+const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+
+/// What one upstream knows about authenticating: its challenge once seen, and tokens by scope.
+pub struct Auth {
+    registry: String,
+    credentials: Option<Credentials>,
+    http: reqwest::Client,
+    timeout: Duration,
+    challenge: Mutex<Option<Challenge>>,
+    tokens: Mutex<HashMap<String, (HeaderValue, Instant)>>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Auth {
+    /// Auth state for `registry`, with the client used to reach token realms.
+    pub fn new(
+        registry: String,
+        credentials: Option<Credentials>,
+        http: reqwest::Client,
+        timeout: Duration,
+    ) -> Auth {
+        Auth {
+            registry,
+            credentials,
+            http,
+            timeout,
+            challenge: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Remember the challenge of a 401 so later requests authenticate up front.
+    pub fn learn(&self, challenge: Challenge) {
+        *lock(&self.challenge) = Some(challenge);
+    }
+
+    /// The `Authorization` value for a pull of `repo`, if the upstream wants one. With `renew`,
+    /// a cached token is not trusted (the upstream just refused it).
+    pub async fn header(&self, repo: &str, renew: bool) -> Result<Option<HeaderValue>> {
+        let challenge = lock(&self.challenge).clone();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+            Some(Challenge::Bearer { realm, service }) => {
+                let scope = format!("repository:{repo}:pull");
+                if !renew && let Some(h) = self.cached(&scope) {
+                    return Ok(Some(h));
+                }
+                let _one_at_a_time = self.fetching.lock().await;
+                if !renew && let Some(h) = self.cached(&scope) {
+                    return Ok(Some(h));
+                }
+                let (token, lifetime) =
+                    self.fetch_token(&realm, service.as_deref(), &scope).await?;
+                // Renew a little early so a token never expires in flight.
+                let margin = (lifetime / 10).min(Duration::from_secs(30));
+                lock(&self.tokens)
+                    .insert(scope, (token.clone(), Instant::now() + lifetime - margin));
+                Ok(Some(token))
+            }
+        }
+    }
+
+    /// Whether the upstream wants credentials that we do not have.
+    pub fn missing_credentials(&self) -> bool {
+        self.credentials.is_none()
+    }
+
+    fn cached(&self, scope: &str) -> Option<HeaderValue> {
+        let tokens = lock(&self.tokens);
+        tokens
+            .get(scope)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(h, _)| h.clone())
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(HeaderValue, Duration)> {
+        let unavailable = |m: String| Error::UpstreamUnavailable {
+            registry: self.registry.clone(),
+            message: m,
+        };
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| unavailable(format!("the token realm {realm:?} is not a URL: {e}")))?;
+        url.query_pairs_mut().append_pair("scope", scope);
+        if let Some(s) = service {
+            url.query_pairs_mut().append_pair("service", s);
+        }
+        let mut req = self.http.get(url).timeout(self.timeout);
+        if let Some(c) = &self.credentials {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("token request to {realm} failed: {e}")))?;
+        let status = resp.status();
+        if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+            return Err(Error::Unauthorized {
+                registry: self.registry.clone(),
+                message: format!("the token service {realm} refused the credentials ({status})"),
+            });
+        }
+        if status == http::StatusCode::TOO_MANY_REQUESTS {
+            return Err(Error::TooManyRequests(self.registry.clone()));
+        }
+        if !status.is_success() {
+            return Err(unavailable(format!(
+                "token service {realm} answered {status}"
+            )));
+        }
+        let answer: TokenAnswer = resp
+            .json()
+            .await
+            .map_err(|e| unavailable(format!("token service {realm} sent no token: {e}")))?;
+        let token = answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unavailable(format!("token service {realm} sent no token")))?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| unavailable(format!("token service {realm} sent an unusable token")))?;
+        header.set_sensitive(true);
+        let lifetime =
+            Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1));
+        Ok((header, lifetime))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_hub_and_ghcr_challenges() {
+        let hub = r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#;
+        assert_eq!(
+            Challenge::parse(hub),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into())
+            })
+        );
+        let ghcr = r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:user/image:pull""#;
+        assert!(
+            matches!(Challenge::parse(ghcr), Some(Challenge::Bearer { service: Some(s), .. }) if s == "ghcr.io")
+        );
+    }
+
+    #[test]
+    fn parses_odd_but_legal_forms() {
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(Challenge::parse("basic"), Some(Challenge::Basic));
+        assert_eq!(
+            Challenge::parse(r#"bearer  Realm=https://a/t , service="s \"q\", x""#),
+            Some(Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: Some(r#"s "q", x"#.into())
+            })
+        );
+        assert_eq!(Challenge::parse("Bearer service=x"), None, "no realm");
+        assert_eq!(Challenge::parse("Negotiate abc"), None);
+        assert_eq!(Challenge::parse(""), None);
+        assert_eq!(
+            Challenge::parse(r#"Bearer realm="unterminated"#).map(|_| ()),
+            Some(())
+        );
+    }
+
+    #[test]
+    fn credentials_never_show() {
+        let c = Credentials {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(c.basic_header().is_sensitive());
+        assert_eq!(c.basic_header().to_str().unwrap(), "Basic dTpodW50ZXIy");
+    }
+}

@@ -1,0 +1,383 @@
+//! [`HttpUpstream`]: the pull side of the Registry v2 API over reqwest + rustls.
+//!
+//! Redirects are followed by hand (Docker Hub sends blobs to a CDN) so the registry's
+//! `Authorization` header is never sent to another origin. Statuses are classified once, in
+//! [`HttpUpstream::send`]: 404 is an answer, everything else that is not success an [`Error`].
+
+use super::auth::{Auth, Challenge, Credentials};
+use super::{BlobBody, FetchedManifest, Upstream};
+use crate::config::UpstreamConfig;
+use crate::error::{Error, Result};
+use crate::oci::manifest::MAX_MANIFEST_BYTES;
+use crate::oci::{Digest, Reference, RepoName};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderValue, Method, StatusCode, header};
+use reqwest::Url;
+use std::time::Duration;
+
+const MAX_REDIRECTS: usize = 5;
+const MAX_TAG_PAGES: usize = 100;
+
+/// An upstream reached over HTTP(S).
+pub struct HttpUpstream {
+    registry: String,
+    base: Url,
+    http: reqwest::Client,
+    auth: Auth,
+    request_timeout: Duration,
+}
+
+impl HttpUpstream {
+    /// A client for one `[[upstream]]` section. Fails with a message naming the key when the
+    /// URL or a credential source is unusable.
+    pub fn new(config: &UpstreamConfig) -> anyhow::Result<HttpUpstream> {
+        let base = Url::parse(&config.effective_url())?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .build()?;
+        let credentials = credentials(config)?;
+        Ok(HttpUpstream {
+            registry: config.registry.clone(),
+            auth: Auth::new(
+                config.registry.clone(),
+                credentials,
+                http.clone(),
+                config.request_timeout,
+            ),
+            base,
+            http,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    fn url(&self, repo: &RepoName, tail: &str) -> Result<Url> {
+        let base = self.base.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/v2/{repo}/{tail}")).map_err(Error::internal)
+    }
+
+    fn unavailable(&self, message: String) -> Error {
+        Error::UpstreamUnavailable {
+            registry: self.registry.clone(),
+            message,
+        }
+    }
+
+    fn invalid(&self, message: String) -> Error {
+        Error::UpstreamInvalid {
+            registry: self.registry.clone(),
+            message,
+        }
+    }
+
+    /// Send a request with authentication (answering one 401 challenge) and redirects.
+    /// Returns the response when it is a success or a 404.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        repo: &RepoName,
+        accept: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response> {
+        let mut auth = self.auth.header(repo.as_str(), false).await?;
+        let mut resp = self
+            .follow(&method, url.clone(), accept, timeout, auth.as_ref())
+            .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok().and_then(Challenge::parse))
+                .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
+            if let Some(c) = challenge {
+                self.auth.learn(c);
+                auth = self.auth.header(repo.as_str(), true).await?;
+                if auth.is_some() {
+                    resp = self
+                        .follow(&method, url, accept, timeout, auth.as_ref())
+                        .await?;
+                }
+            }
+        }
+        let status = resp.status();
+        match status {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(resp),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Error::Unauthorized {
+                registry: self.registry.clone(),
+                message: if self.auth.missing_credentials() {
+                    format!(
+                        "{status} for {repo}; configure username and password for this upstream"
+                    )
+                } else {
+                    format!("{status} for {repo} with the configured credentials")
+                },
+            }),
+            StatusCode::TOO_MANY_REQUESTS => Err(Error::TooManyRequests(self.registry.clone())),
+            s if s.is_server_error() => {
+                Err(self.unavailable(format!("{method} {} answered {s}", resp.url().path())))
+            }
+            s => Err(self.invalid(format!("{method} {} answered {s}", resp.url().path()))),
+        }
+    }
+
+    /// One request and its redirects. `Authorization` goes only to the registry's own origin.
+    async fn follow(
+        &self,
+        method: &Method,
+        mut url: Url,
+        accept: Option<&str>,
+        timeout: Option<Duration>,
+        auth: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response> {
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(a) = accept {
+                req = req.header(header::ACCEPT, a);
+            }
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            if let Some(a) = auth.filter(|_| url.origin() == self.base.origin()) {
+                req = req.header(header::AUTHORIZATION, a.clone());
+            }
+            let resp = req.send().await.map_err(|e| self.transport(e))?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+                .ok_or_else(|| {
+                    self.invalid(format!(
+                        "{} redirect without a usable Location",
+                        resp.status()
+                    ))
+                })?;
+            url = location;
+        }
+        Err(self.invalid(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    fn transport(&self, e: reqwest::Error) -> Error {
+        let what = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        // reqwest's Display names the URL; the chain names the cause (refused, reset, …).
+        let mut msg = format!("{what}: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        self.unavailable(msg)
+    }
+
+    /// Read a whole (small) body, refusing more than `limit` bytes.
+    async fn read_limited(&self, resp: reqwest::Response, limit: usize) -> Result<Bytes> {
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(self.invalid(format!("a manifest larger than {limit} bytes")));
+        }
+        let mut buf = BytesMut::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(e))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(self.invalid(format!("a manifest larger than {limit} bytes")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+/// Credentials from the config: inline password, a file, or an environment variable.
+fn credentials(config: &UpstreamConfig) -> anyhow::Result<Option<Credentials>> {
+    let Some(username) = config.username.clone() else {
+        return Ok(None);
+    };
+    let password = if let Some(p) = &config.password {
+        p.0.clone()
+    } else if let Some(path) = &config.password_file {
+        std::fs::read_to_string(path)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "upstream {}: password_file {}: {e}",
+                    config.registry,
+                    path.display()
+                )
+            })?
+            .trim()
+            .to_string()
+    } else if let Some(var) = &config.password_env {
+        std::env::var(var).map_err(|_| {
+            anyhow::anyhow!(
+                "upstream {}: password_env names {var}, which is not set",
+                config.registry
+            )
+        })?
+    } else {
+        anyhow::bail!(
+            "upstream {}: username is set without a password",
+            config.registry
+        )
+    };
+    Ok(Some(Credentials { username, password }))
+}
+
+fn header_str(resp: &reqwest::Response, name: header::HeaderName) -> Option<&str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[async_trait]
+impl Upstream for HttpUpstream {
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &str,
+        head: bool,
+    ) -> Result<Option<FetchedManifest>> {
+        let url = self.url(repo, &format!("manifests/{reference}"))?;
+        let method = if head { Method::HEAD } else { Method::GET };
+        let resp = self
+            .send(method, url, repo, Some(accept), Some(self.request_timeout))
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let media_type = header_str(&resp, header::CONTENT_TYPE)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "manifest {repo}:{reference} without a Content-Type"
+                ))
+            })?;
+        let digest = header_str(&resp, "docker-content-digest".parse().expect("static"))
+            .and_then(|d| d.parse().ok());
+        let bytes = if head {
+            None
+        } else {
+            Some(self.read_limited(resp, MAX_MANIFEST_BYTES).await?)
+        };
+        Ok(Some(FetchedManifest {
+            media_type,
+            digest,
+            bytes,
+        }))
+    }
+
+    async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<BlobBody>> {
+        let url = self.url(repo, &format!("blobs/{digest}"))?;
+        let resp = self.send(Method::GET, url, repo, None, None).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if resp.status() != StatusCode::OK {
+            return Err(self.invalid(format!("blob {digest} answered {}", resp.status())));
+        }
+        let size = resp.content_length();
+        let registry = self.registry.clone();
+        let stream = resp
+            .bytes_stream()
+            .map(move |r| {
+                r.map_err(|e| Error::UpstreamUnavailable {
+                    registry: registry.clone(),
+                    message: format!("blob transfer broke: {e}"),
+                })
+            })
+            .boxed();
+        Ok(Some(BlobBody { size, stream }))
+    }
+
+    async fn blob_exists(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Option<u64>>> {
+        let url = self.url(repo, &format!("blobs/{digest}"))?;
+        let resp = self
+            .send(Method::HEAD, url, repo, None, Some(self.request_timeout))
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Ok(Some(resp.content_length().filter(|n| *n > 0)))
+    }
+
+    async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url(repo, "tags/list")?;
+        let mut all = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let resp = self
+                .send(
+                    Method::GET,
+                    url.clone(),
+                    repo,
+                    None,
+                    Some(self.request_timeout),
+                )
+                .await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let next = header_str(&resp, header::LINK)
+                .and_then(next_link)
+                .and_then(|l| url.join(&l).ok());
+            let body = self.read_limited(resp, MAX_MANIFEST_BYTES).await?;
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| self.invalid(format!("tag list of {repo} is not JSON: {e}")))?;
+            all.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) => url = n,
+                None => return Ok(Some(all)),
+            }
+        }
+        Ok(Some(all))
+    }
+}
+
+/// The target of `<…>; rel="next"` in a `Link` header.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim().trim_start_matches("rel=").trim_matches('"') == "next")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_link;
+
+    #[test]
+    fn finds_the_next_page() {
+        assert_eq!(
+            next_link(r#"</v2/a/tags/list?last=b&n=2>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?last=b&n=2")
+        );
+        assert_eq!(next_link(r#"<x>; rel="prev""#), None);
+        assert_eq!(next_link(""), None);
+    }
+}
