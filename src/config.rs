@@ -164,6 +164,19 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
 }
 
+impl Default for Config {
+    /// The built-in defaults: what `airlock serve` runs with and no file or environment.
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            cache: CacheConfig::default(),
+            log: LogConfig::default(),
+            upstream: default_upstreams(),
+        }
+    }
+}
+
 fn default_upstreams() -> Vec<UpstreamConfig> {
     vec![UpstreamConfig::new("docker.io")]
 }

@@ -337,6 +337,9 @@ impl Cache {
 }
 
 /// Whether a stored media type is a manifest's (not a config or layer also named by digest).
+/// Old registries answer schema 1 as plain `application/json`.
 fn is_manifest_type(media_type: &str) -> bool {
-    media_type.contains("manifest") || media_type.contains("index")
+    media_type.contains("manifest")
+        || media_type.contains("index")
+        || media_type == "application/json"
 }

@@ -1,0 +1,249 @@
+//! Faults a real registry will not produce, from a scripted upstream: wrong bytes, short
+//! bodies, 429 and 5xx, stalls, a client that leaves mid-fill. Whatever happens, the client's
+//! transfer fails loudly, nothing unverified is cached, and a healthy upstream heals it.
+
+mod support;
+
+use bytes::Bytes;
+use std::time::Duration;
+use support::airlock::{Airlock, client, config, error_code, upstream};
+use support::faulty::{FaultyUpstream, Gate, Mode};
+use support::image::{ACCEPT_ALL, Image};
+
+/// Read a whole body; `Err` when the transfer broke (a clean end is `Ok`).
+async fn body(resp: reqwest::Response) -> Result<Bytes, reqwest::Error> {
+    resp.bytes().await
+}
+
+/// Poll (bounded) until no spool is left: a failed fill cleans up after itself.
+async fn wait_no_spools(airlock: &Airlock) {
+    for _ in 0..200 {
+        if airlock.spools() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("spools left behind: {}", airlock.spools());
+}
+
+fn random(seed: u8, len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_or_short_bytes_fail_the_transfer_and_cache_nothing() {
+    let up = FaultyUpstream::start();
+    let airlock = Airlock::for_upstream(&up.url()).await;
+    for (seed, mode) in [
+        (1u8, Mode::WrongBytes),
+        (2, Mode::ShortBody(300_000)),
+        (3, Mode::ShortBody(0)),
+    ] {
+        let data = random(seed, 1 << 20);
+        let digest = up.add_blob(data.clone());
+        up.set_mode(&digest, mode.clone());
+        let url = format!("{}/v2/fault/app/blobs/{digest}", airlock.url());
+        let resp = client().get(&url).send().await.expect("headers arrive");
+        let got = body(resp).await;
+        assert!(
+            got.is_err(),
+            "{mode:?}: the transfer must fail, got {} bytes cleanly",
+            got.map(|b| b.len()).unwrap_or(0)
+        );
+        wait_no_spools(&airlock).await;
+        assert!(!airlock.has_blob(&digest), "{mode:?}: nothing cached");
+
+        // The upstream heals: the next pull gets the right bytes and caches them.
+        up.clear_modes();
+        let resp = client().get(&url).send().await.expect("GET");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(body(resp).await.expect("clean body"), data);
+        assert!(airlock.has_blob(&digest));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_that_does_not_match_its_digest_is_refused() {
+    let up = FaultyUpstream::start();
+    let img = Image::oci("bad-manifest", &[1_000]);
+    up.add_artifact("fault/m", "v1", &img);
+    up.set_mode(&img.digest, Mode::WrongBytes);
+    let airlock = Airlock::for_upstream(&up.url()).await;
+    let resp = client()
+        .get(format!(
+            "{}/v2/fault/m/manifests/{}",
+            airlock.url(),
+            img.digest
+        ))
+        .header("Accept", ACCEPT_ALL)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(error_code(&body(resp).await.unwrap()), "UNKNOWN");
+    assert!(!airlock.has_blob(&img.digest));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_upstream_become_oci_errors_for_uncached_content() {
+    let up = FaultyUpstream::start();
+    let img = Image::oci("uncached", &[1_000]);
+    up.add_artifact("fault/u", "v1", &img);
+    let mut cfg = config(vec![upstream("docker.io", &up.url())]);
+    cfg.upstream[0].request_timeout = Duration::from_secs(1);
+    let airlock = Airlock::start(cfg).await;
+    let get = |path: String| {
+        client()
+            .get(format!("{}{path}", airlock.url()))
+            .header("Accept", ACCEPT_ALL)
+            .send()
+    };
+    for (mode, status, code) in [
+        (Mode::Status(429), 429, "TOOMANYREQUESTS"),
+        (Mode::Status(503), 503, "UNAVAILABLE"),
+        (Mode::Status(500), 503, "UNAVAILABLE"),
+        (Mode::StallBeforeHeaders, 503, "UNAVAILABLE"),
+        (Mode::Status(404), 404, "MANIFEST_UNKNOWN"),
+    ] {
+        up.set_mode("*", mode.clone());
+        let resp = get("/v2/fault/u/manifests/v1".into()).await.expect("GET");
+        assert_eq!(resp.status(), status, "{mode:?}");
+        assert_eq!(error_code(&body(resp).await.unwrap()), code, "{mode:?}");
+    }
+    up.set_mode("*", Mode::Status(404));
+    let resp = get(format!("/v2/fault/u/blobs/{}", img.layers[0].digest))
+        .await
+        .expect("GET");
+    assert_eq!(
+        (
+            resp.status().as_u16(),
+            error_code(&body(resp).await.unwrap()).as_str()
+        ),
+        (404, "BLOB_UNKNOWN")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_upstream_fails_the_last_known_tag_answer_is_served() {
+    let up = FaultyUpstream::start();
+    let img = Image::oci("stale", &[1_000]);
+    up.add_artifact("fault/s", "v1", &img);
+    let mut cfg = config(vec![upstream("docker.io", &up.url())]);
+    cfg.upstream[0].tag_ttl = Duration::ZERO;
+    cfg.upstream[0].request_timeout = Duration::from_secs(1);
+    let airlock = Airlock::start(cfg).await;
+    let get = || {
+        client()
+            .get(format!("{}/v2/fault/s/manifests/v1", airlock.url()))
+            .header("Accept", ACCEPT_ALL)
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), 200);
+    for mode in [
+        Mode::Status(503),
+        Mode::Status(500),
+        Mode::Status(429),
+        Mode::StallBeforeHeaders,
+    ] {
+        up.set_mode("v1", mode.clone());
+        let resp = get().await.expect("GET");
+        assert_eq!(resp.status(), 200, "{mode:?}: stale-if-error");
+        assert_eq!(resp.headers()["docker-content-digest"], img.digest.as_str());
+        assert_eq!(body(resp).await.unwrap(), img.manifest);
+    }
+    // An authoritative "gone" is not an error: the tag is forgotten.
+    up.set_mode("v1", Mode::Status(404));
+    assert_eq!(get().await.unwrap().status(), 404);
+    up.set_mode("v1", Mode::Status(503));
+    assert_eq!(
+        get().await.unwrap().status(),
+        503,
+        "nothing stale left to serve"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fill_outlives_the_client_that_started_it() {
+    let up = FaultyUpstream::start();
+    let data = random(9, 2 << 20);
+    let digest = up.add_blob(data.clone());
+    let gate = Gate::new();
+    up.set_mode(&digest, Mode::Gate(gate.clone()));
+    let airlock = Airlock::for_upstream(&up.url()).await;
+    let url = format!("{}/v2/fault/gone/blobs/{digest}", airlock.url());
+    let first = tokio::spawn(client().get(url.clone()).send());
+    assert!(
+        gate.wait_for_waiting(1, Duration::from_secs(10)).await,
+        "the fill reached the upstream"
+    );
+    first.abort();
+    let _ = first.await;
+    gate.open();
+    for _ in 0..400 {
+        if airlock.has_blob(&digest) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        airlock.has_blob(&digest),
+        "the fill finished without its client"
+    );
+    let resp = client().get(&url).send().await.expect("GET");
+    assert_eq!(body(resp).await.unwrap(), data);
+    assert_eq!(
+        up.count("GET", &digest),
+        1,
+        "the second client was served from the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_body_ends_in_an_error_after_the_read_timeout() {
+    let up = FaultyUpstream::start();
+    let data = random(5, 1 << 20);
+    let digest = up.add_blob(data.clone());
+    up.set_mode(&digest, Mode::StallMidBody(100_000));
+    let mut cfg = config(vec![upstream("docker.io", &up.url())]);
+    cfg.upstream[0].read_timeout = Duration::from_secs(1);
+    let airlock = Airlock::start(cfg).await;
+    let url = format!("{}/v2/fault/stall/blobs/{digest}", airlock.url());
+    let resp = client().get(&url).send().await.expect("headers");
+    assert!(body(resp).await.is_err(), "a stall is a failed transfer");
+    wait_no_spools(&airlock).await;
+    assert!(!airlock.has_blob(&digest));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn range_requests_get_206_and_416() {
+    let up = FaultyUpstream::start();
+    let data = random(7, 100_000);
+    let digest = up.add_blob(data.clone());
+    let airlock = Airlock::for_upstream(&up.url()).await;
+    let url = format!("{}/v2/fault/range/blobs/{digest}", airlock.url());
+    let range = |r: &'static str| client().get(&url).header("Range", r).send();
+    // The first request is a range on a miss: it waits for the verified file.
+    let resp = range("bytes=10-19").await.unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.headers()["content-range"], "bytes 10-19/100000");
+    assert_eq!(body(resp).await.unwrap(), data.slice(10..20));
+    let resp = range("bytes=99990-").await.unwrap();
+    assert_eq!(resp.headers()["content-range"], "bytes 99990-99999/100000");
+    assert_eq!(body(resp).await.unwrap(), data.slice(99990..));
+    let resp = range("bytes=-5").await.unwrap();
+    assert_eq!(body(resp).await.unwrap(), data.slice(99995..));
+    let resp = range("bytes=100000-").await.unwrap();
+    assert_eq!(resp.status(), 416);
+    assert_eq!(resp.headers()["content-range"], "bytes */100000");
+    assert_eq!(error_code(&body(resp).await.unwrap()), "BLOB_UNKNOWN");
+    let resp = range("bytes=0-1,5-6").await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), body(resp).await.unwrap()),
+        (200, data.clone()),
+        "several ranges: the whole blob"
+    );
+    assert_eq!(up.count("GET", &digest), 1);
+}
