@@ -44,9 +44,13 @@ impl Drop for Running {
 /// Build everything and start serving; returns once the listener is bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data = &config.storage.path;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    // The index's lock first: a second airlock on this directory must fail before it empties
+    // the first one's spools.
+    let index = SledIndex::open(&data.join("index"))?;
     let store = FsStore::open(data)
         .with_context(|| format!("cannot use the data directory {}", data.display()))?;
-    let index = SledIndex::open(&data.join("index"))?;
     let upstreams = upstreams(&config)?;
     let cache = Cache::new(
         Arc::new(store),

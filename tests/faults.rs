@@ -247,3 +247,98 @@ async fn range_requests_get_206_and_416() {
     );
     assert_eq!(up.count("GET", &digest), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_layer_in_a_manifest_does_not_make_a_cached_blob_visible() {
+    let up = FaultyUpstream::start();
+    let secret = random(11, 50_000);
+    let digest = up.add_blob(secret.clone());
+    let airlock = Airlock::for_upstream(&up.url()).await;
+    // Cached for the repository it belongs to.
+    let resp = client()
+        .get(format!("{}/v2/team/private/blobs/{digest}", airlock.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(resp).await.unwrap(), secret);
+    // Another repository's manifest names it as a non-distributable layer (with `urls`),
+    // which registries accept without the blob being there.
+    let config = support::image::sha256_digest(b"{}");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{m}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip","digest":"{digest}","size":50000,"urls":["https://example.com/layer"]}}]}}"#,
+        m = support::image::OCI_MANIFEST
+    );
+    up.add_manifest("team/public", "v1", support::image::OCI_MANIFEST, manifest);
+    up.set_mode(
+        &format!("/v2/team/public/blobs/{digest}"),
+        Mode::Status(404),
+    );
+    let resp = client()
+        .get(format!("{}/v2/team/public/manifests/v1", airlock.url()))
+        .header("Accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client()
+        .get(format!("{}/v2/team/public/blobs/{digest}", airlock.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "the private blob leaked through a foreign-layer descriptor"
+    );
+    assert_eq!(error_code(&body(resp).await.unwrap()), "BLOB_UNKNOWN");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_joined_another_repositorys_failed_fill_fetches_for_itself() {
+    let up = FaultyUpstream::start();
+    let data = random(13, 300_000);
+    let digest = up.add_blob(data.clone());
+    let mut cfg = config(vec![upstream("docker.io", &up.url())]);
+    cfg.upstream[0].read_timeout = Duration::from_secs(1);
+    let airlock = Airlock::start(cfg).await;
+    // Repository a's download hangs until the read timeout fails it.
+    let a_path = format!("/v2/fault/a/blobs/{digest}");
+    up.set_mode(&a_path, Mode::StallBeforeHeaders);
+    let a = tokio::spawn(client().get(format!("{}{a_path}", airlock.url())).send());
+    for _ in 0..200 {
+        if up.count("GET", &a_path) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.count("GET", &a_path), 1, "a's fill reached the upstream");
+    // Repository b joins that fill (the upstream confirms b has the blob), sees it fail, and
+    // fetches for itself instead of failing with a's error.
+    let resp = client()
+        .get(format!("{}/v2/fault/b/blobs/{digest}", airlock.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body(resp).await.unwrap(), data);
+    assert_eq!(up.count("GET", &format!("/v2/fault/b/blobs/{digest}")), 1);
+    let a = a.await.unwrap().unwrap();
+    assert_eq!(a.status(), 503, "a's own request reports a's failure");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_of_an_uncached_blob_gives_the_upstream_size() {
+    let up = FaultyUpstream::start();
+    let data = random(17, 123_457);
+    let digest = up.add_blob(data);
+    let airlock = Airlock::for_upstream(&up.url()).await;
+    let resp = client()
+        .head(format!("{}/v2/fault/head/blobs/{digest}", airlock.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "123457");
+    assert_eq!(resp.headers()["docker-content-digest"], digest.as_str());
+    assert!(!airlock.has_blob(&digest), "HEAD downloads nothing");
+}

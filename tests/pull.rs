@@ -367,3 +367,39 @@ async fn tag_lists_page_with_n_and_last() {
         "NAME_UNKNOWN"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_narrow_accept_never_changes_the_tag_for_other_clients() {
+    let reg = upstream_registry().await;
+    let list = Index::docker("narrow", &[Platform::amd64(), Platform::arm64()], &[5_000]);
+    push::push(&reg.url(), "narrow/app", &["v1"], &list).await;
+    // A long TTL: a wrongly replaced tag answer would be served as fresh.
+    let airlock = Airlock::for_upstream(&reg.url()).await;
+    let get = |accept: &'static str| {
+        support::airlock::client()
+            .get(format!("{}/v2/narrow/app/manifests/v1", airlock.url()))
+            .header("Accept", accept)
+            .send()
+    };
+    let digest_of = |r: reqwest::Response| {
+        r.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(digest_of(get(ACCEPT_ALL).await.unwrap()), list.digest);
+    // A client that reads only single manifests gets the upstream's pick for it...
+    let narrow = digest_of(get(support::image::DOCKER_MANIFEST).await.unwrap());
+    assert_ne!(narrow, list.digest);
+    assert!(list.children().iter().any(|c| c.digest == narrow));
+    // ...and every other client still gets the list, also when the upstream is gone.
+    assert_eq!(digest_of(get(ACCEPT_ALL).await.unwrap()), list.digest);
+    let airlock = airlock.restart().await;
+    let resp = support::airlock::client()
+        .get(format!("{}/v2/narrow/app/manifests/v1", airlock.url()))
+        .header("Accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(digest_of(resp), list.digest);
+}

@@ -104,16 +104,15 @@ impl Router {
         }
     }
 
-    /// Registry and repository from the name segments and `ns`.
+    /// Registry and repository from `ns` (containerd names the registry and sends the name
+    /// as is, dots and all), else a registry path prefix, else the default.
     fn repository(&self, name: &[&str], ns: Option<&str>) -> Result<Repository> {
-        let (registry, name) = match name {
-            [first, rest @ ..] if !rest.is_empty() && looks_like_host(first) => {
+        let (registry, name) = match (ns, name) {
+            (Some(ns), _) => (ns.parse()?, name),
+            (None, [first, rest @ ..]) if !rest.is_empty() && looks_like_host(first) => {
                 (first.parse()?, rest)
             }
-            _ => match ns {
-                Some(ns) => (ns.parse()?, name),
-                None => (self.default.clone(), name),
-            },
+            (None, _) => (self.default.clone(), name),
         };
         let name: RepoName = name.join("/").parse()?;
         Ok(Repository {
@@ -227,10 +226,17 @@ mod tests {
             r.parse("/v2/ghcr.io/org/app/manifests/v1", None).unwrap(),
             want
         );
+        // With ns, a dotted first component is part of the name (GitLab, Harbor namespaces).
         assert_eq!(
-            r.parse("/v2/ghcr.io/org/app/manifests/v1", Some("ns=docker.io"))
-                .unwrap(),
-            want
+            r.parse(
+                "/v2/my.group/app/manifests/v1",
+                Some("ns=registry.gitlab.com")
+            )
+            .unwrap(),
+            Route::Manifest {
+                repo: repo("registry.gitlab.com", "my.group/app"),
+                reference: "v1".parse().unwrap()
+            }
         );
         // ns=docker.io as containerd sends it; Docker Hub normalisation applies.
         assert_eq!(

@@ -1,7 +1,7 @@
 //! Blob policy: stored and linked → hit; stored elsewhere → confirm membership upstream;
 //! missing → one fill per digest that every requester joins.
 
-use super::fill::{FillContext, Joined};
+use super::fill::{FillContext, FillState, Joined};
 use super::{BlobAnswer, BlobSource, Cache, Outcome};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Repository};
@@ -15,43 +15,52 @@ impl Cache {
         if let Some(answer) = self.stored_blob(repo, digest).await? {
             return Ok(answer);
         }
-        let upstream = self.upstream(repo)?.upstream.clone();
-        let ctx = FillContext {
-            store: inner.store.clone(),
-            index: inner.index.clone(),
-            timeout: inner.settings.fill_timeout,
-        };
-        let (fill, started) = match inner.fills.join_or_start(ctx, upstream, repo, digest)? {
-            Joined::Fill { fill, started } => (fill, started),
-            // It finished between our look and the lock: now it is a plain stored blob.
-            Joined::Stored => {
-                return self
-                    .stored_blob(repo, digest)
-                    .await?
-                    .ok_or_else(|| Cache::blob_unknown(repo, digest));
+        let mut retried = false;
+        loop {
+            let upstream = self.upstream(repo)?.upstream.clone();
+            let ctx = FillContext {
+                store: inner.store.clone(),
+                index: inner.index.clone(),
+                timeout: inner.settings.fill_timeout,
+            };
+            let (fill, started) = match inner.fills.join_or_start(ctx, upstream, repo, digest)? {
+                Joined::Fill { fill, started } => (fill, started),
+                // It finished between our look and the lock: now it is a plain stored blob.
+                Joined::Stored => {
+                    return self
+                        .stored_blob(repo, digest)
+                        .await?
+                        .ok_or_else(|| Cache::blob_unknown(repo, digest));
+                }
+            };
+            let foreign = !started && fill.owner != *repo;
+            if foreign {
+                self.confirm(repo, digest).await?;
             }
-        };
-        if !started && fill.owner != *repo {
-            self.confirm(repo, digest).await?;
+            let mut state = fill.state.clone();
+            let first = state
+                .wait_for(|s| !matches!(s, FillState::Starting))
+                .await
+                .map_err(|_| Error::internal("blob fetch ended unexpectedly"))?
+                .clone();
+            match first {
+                // Another repository's fetch failed (its credentials, its rate limit): fetch
+                // for this one instead, once.
+                FillState::Failed(_) if foreign && !retried => retried = true,
+                FillState::Failed(e) => return Err(e),
+                _ => {
+                    let outcome = if started {
+                        Outcome::Miss
+                    } else {
+                        Outcome::Coalesced
+                    };
+                    return Ok(BlobAnswer {
+                        source: BlobSource::Filling(fill),
+                        outcome,
+                    });
+                }
+            }
         }
-        let mut state = fill.state.clone();
-        let first = state
-            .wait_for(|s| !matches!(s, super::fill::FillState::Starting))
-            .await
-            .map_err(|_| Error::internal("blob fetch ended unexpectedly"))?
-            .clone();
-        if let super::fill::FillState::Failed(e) = first {
-            return Err(e);
-        }
-        let outcome = if started {
-            Outcome::Miss
-        } else {
-            Outcome::Coalesced
-        };
-        Ok(BlobAnswer {
-            source: BlobSource::Filling(fill),
-            outcome,
-        })
     }
 
     /// Size of a blob of `repo` for `HEAD`, without downloading it.

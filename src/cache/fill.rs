@@ -8,27 +8,28 @@ use crate::error::{Error, Result};
 use crate::oci::{Digest, Repository};
 use crate::store::{BlobInfo, BlobStore, BlobWriter, CommitError, Index};
 use crate::upstream::Upstream;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Readers are woken after at least this many new bytes (or at the end): waking 32 readers per
-/// 16 KiB network read would cost more than the copy itself.
-const PUBLISH_EVERY: u64 = 64 << 10;
+/// Bytes gathered before one write to the spool (in the blocking pool, so a slow disk never
+/// stalls the runtime) and one wake-up of the readers.
+const BATCH: usize = 256 << 10;
 
 /// Where a fill is.
 #[derive(Debug, Clone)]
 pub enum FillState {
     /// Waiting for the upstream's answer.
     Starting,
-    /// Bytes `0..written` are in the spool; `size` is the expected total when known.
+    /// Bytes `0..written` are in the spool; `size` is the upstream's `Content-Length`.
     Writing {
         /// Bytes in the spool.
         written: u64,
-        /// Expected total, from `Content-Length` or a manifest.
+        /// Expected total, when the upstream announced it.
         size: Option<u64>,
     },
     /// Verified and stored: this many bytes.
@@ -45,6 +46,12 @@ pub struct Fill {
     pub file: Arc<File>,
     /// Progress.
     pub state: watch::Receiver<FillState>,
+}
+
+impl Fill {
+    fn failed(&self) -> bool {
+        matches!(*self.state.borrow(), FillState::Failed(_))
+    }
 }
 
 /// Fills in progress by digest.
@@ -77,7 +84,12 @@ pub enum Joined {
 }
 
 impl Fills {
-    /// Join the fill for `digest`, or start one fetching it from `upstream` for `repo`.
+    fn lock(&self) -> MutexGuard<'_, HashMap<Digest, Arc<Fill>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Join the fill for `digest`, or start one fetching it from `upstream` for `repo`. A fill
+    /// that already failed is never joined: a new one replaces it.
     pub fn join_or_start(
         &self,
         ctx: FillContext,
@@ -85,43 +97,49 @@ impl Fills {
         repo: &Repository,
         digest: &Digest,
     ) -> Result<Joined> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(fill) = running.get(digest) {
+        if let Some(fill) = self.lock().get(digest).filter(|f| !f.failed()) {
             return Ok(Joined::Fill {
                 fill: fill.clone(),
                 started: false,
             });
         }
-        // A fill unregisters only after its file is visible: check again under the lock.
+        // The spool is made outside the lock; if another request wins the race it is dropped.
+        let writer = ctx.store.create(digest)?;
+        let file = Arc::new(writer.reader()?);
+        let mut running = self.lock();
+        if let Some(fill) = running.get(digest).filter(|f| !f.failed()) {
+            return Ok(Joined::Fill {
+                fill: fill.clone(),
+                started: false,
+            });
+        }
+        // A fill unregisters only after its file is visible: look again under the lock.
         if ctx.store.stat(digest)?.is_some() {
             return Ok(Joined::Stored);
         }
-        let writer = ctx.store.create(digest)?;
         let (tx, rx) = watch::channel(FillState::Starting);
         let fill = Arc::new(Fill {
             owner: repo.clone(),
-            file: Arc::new(writer.reader()?),
+            file,
             state: rx,
         });
         running.insert(digest.clone(), fill.clone());
-        let expected = ctx.index.blob_info(digest)?.map(|i| i.size);
+        drop(running);
+        let unregister = Unregister {
+            fills: self.clone(),
+            digest: digest.clone(),
+            fill: fill.clone(),
+        };
         let task = Task {
             ctx,
             upstream,
             repo: repo.clone(),
             digest: digest.clone(),
             tx,
-            expected,
         };
-        let fills = self.clone();
         tokio::spawn(async move {
-            let digest = task.digest.clone();
             task.run(writer).await;
-            fills
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&digest);
+            drop(unregister);
         });
         Ok(Joined::Fill {
             fill,
@@ -129,13 +147,32 @@ impl Fills {
         })
     }
 
-    /// Expected size of a blob being filled, if one runs and it is known.
+    /// Size of a blob being filled, if one runs and the upstream announced it.
     pub fn size_of(&self, digest: &Digest) -> Option<u64> {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        match &*running.get(digest)?.state.borrow() {
+        match &*self.lock().get(digest)?.state.borrow() {
             FillState::Writing { size, .. } => *size,
             FillState::Done(n) => Some(*n),
             _ => None,
+        }
+    }
+}
+
+/// Removes a fill from the registry when its task ends, however it ends (panics included),
+/// and only if it is still the registered one.
+struct Unregister {
+    fills: Fills,
+    digest: Digest,
+    fill: Arc<Fill>,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        let mut running = self.fills.lock();
+        if running
+            .get(&self.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+        {
+            running.remove(&self.digest);
         }
     }
 }
@@ -146,7 +183,6 @@ struct Task {
     repo: Repository,
     digest: Digest,
     tx: watch::Sender<FillState>,
-    expected: Option<u64>,
 }
 
 impl Task {
@@ -181,41 +217,35 @@ impl Task {
             .ok_or_else(|| {
                 Error::BlobUnknown(format!("{} is not known in {}", self.digest, self.repo))
             })?;
-        if let (Some(sent), Some(want)) = (body.size, self.expected)
-            && sent != want
-        {
-            return Err(self.invalid(format!(
-                "announces {sent} bytes for {}, its manifest says {want}",
-                self.digest
-            )));
-        }
-        let size = body.size.or(self.expected);
+        let size = body.size;
         self.tx
             .send_replace(FillState::Writing { written: 0, size });
         let mut stream = body.stream;
-        let mut published = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if size.is_some_and(|s| writer.written() + chunk.len() as u64 > s) {
-                return Err(self.invalid(format!(
-                    "sent more than the {} bytes announced for {}",
-                    size.unwrap_or(0),
-                    self.digest
-                )));
+        let mut batch = BytesMut::with_capacity(BATCH);
+        let mut written = 0u64;
+        loop {
+            let chunk = stream.next().await.transpose()?;
+            let end = chunk.is_none();
+            if let Some(c) = &chunk {
+                if size.is_some_and(|s| written + (batch.len() + c.len()) as u64 > s) {
+                    return Err(self.invalid(format!(
+                        "sent more than the {} bytes it announced for {}",
+                        size.unwrap_or(0),
+                        self.digest
+                    )));
+                }
+                batch.extend_from_slice(c);
             }
-            writer.write(&chunk).map_err(|e| {
-                Error::internal(format!("writing {} to the cache: {e}", self.digest))
-            })?;
-            if writer.written() - published >= PUBLISH_EVERY {
-                published = writer.written();
-                self.tx.send_replace(FillState::Writing {
-                    written: published,
-                    size,
-                });
+            if batch.len() >= BATCH || (end && !batch.is_empty()) {
+                let bytes = batch.split().freeze();
+                writer = self.write(writer, bytes).await?;
+                written = writer.written();
+                self.tx.send_replace(FillState::Writing { written, size });
+            }
+            if end {
+                break;
             }
         }
-        let written = writer.written();
-        self.tx.send_replace(FillState::Writing { written, size });
         if let Some(s) = size.filter(|s| *s != written) {
             return Err(self.unavailable(format!(
                 "body of {} ended after {written} of {s} bytes",
@@ -251,6 +281,23 @@ impl Task {
         )?;
         self.ctx.index.link(&self.repo, &self.digest)?;
         Ok(written)
+    }
+
+    /// Append to the spool in the blocking pool; the writer travels there and back.
+    async fn write(
+        &self,
+        mut writer: Box<dyn BlobWriter>,
+        bytes: Bytes,
+    ) -> Result<Box<dyn BlobWriter>> {
+        let digest = self.digest.clone();
+        tokio::task::spawn_blocking(move || {
+            writer
+                .write(&bytes)
+                .map(|()| writer)
+                .map_err(|e| Error::internal(format!("writing {digest} to the cache: {e}")))
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     fn unavailable(&self, message: String) -> Error {

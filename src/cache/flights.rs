@@ -41,14 +41,14 @@ where
                 None => {
                     let (tx, rx) = watch::channel(None);
                     running.insert(key.clone(), rx.clone());
-                    let registry = self.running.clone();
+                    let guard = Unregister {
+                        running: self.running.clone(),
+                        key: Some(key),
+                    };
                     tokio::spawn(async move {
                         let result = work.await;
                         let _ = tx.send(Some(result));
-                        registry
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key);
+                        drop(guard);
                     });
                     (rx, false)
                 }
@@ -61,6 +61,24 @@ where
             Err(_) => Err(Error::internal("a fetch task failed")),
         };
         (result, joined)
+    }
+}
+
+/// Unregisters a flight when its task ends, however it ends (a panic included): later callers
+/// then start afresh instead of joining a dead flight.
+struct Unregister<K: Hash + Eq, V> {
+    running: Arc<Mutex<HashMap<K, Slot<V>>>>,
+    key: Option<K>,
+}
+
+impl<K: Hash + Eq, V> Drop for Unregister<K, V> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&k);
+        }
     }
 }
 
@@ -132,5 +150,18 @@ mod tests {
         release.send(true).unwrap();
         let (r, joined) = joiner.await.unwrap();
         assert_eq!((r.unwrap(), joined), (7, true));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flight_unregisters() {
+        let flights: Flights<&str, usize> = Flights::default();
+        let (r, _) = flights.run("k", async { panic!("boom") }).await;
+        assert!(r.is_err());
+        let (r, joined) = flights.run("k", async { Ok(1) }).await;
+        assert_eq!(
+            (r.unwrap(), joined),
+            (1, false),
+            "a new flight, not the dead one"
+        );
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const MAX_TAG_ANSWERS: u64 = 100_000;
-const MAX_TAG_LISTS: u64 = 10_000;
+/// Memory for tag lists (a popular repository has tens of thousands of tags).
+const TAG_LIST_BYTES: u64 = 32 << 20;
 
 /// The hot caches.
 pub struct Hot {
@@ -32,7 +33,13 @@ impl Hot {
                 })
                 .build(),
             tags: Cache::new(MAX_TAG_ANSWERS),
-            tag_lists: Cache::new(MAX_TAG_LISTS),
+            tag_lists: Cache::builder()
+                .max_capacity(TAG_LIST_BYTES)
+                .weigher(|_, (_, tags): &(Instant, Arc<Vec<String>>)| {
+                    let bytes: usize = tags.iter().map(|t| t.len() + 24).sum();
+                    u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+                })
+                .build(),
         }
     }
 }

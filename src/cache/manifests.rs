@@ -5,12 +5,16 @@
 
 use super::{Cache, Manifest, ManifestAnswer, Outcome};
 use crate::error::{Error, Result};
+use crate::oci::manifest::accepts_every_type;
 use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Reference, Repository, Tag, accepts, children};
 use crate::store::{BlobInfo, CommitError, TagRecord, now_ms};
 use crate::upstream::FetchedManifest;
 use std::io::Read;
 use std::sync::Arc;
+
+/// Docker's deprecated signed manifests.
+const SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1";
 
 /// Key of a coalesced manifest resolution: repository, reference, the client's `Accept`.
 pub(super) type FlightKey = (Repository, Reference, String);
@@ -79,6 +83,9 @@ impl Cache {
                 } else {
                     accept.join(", ")
                 };
+                // Only an answer to a request that accepted every manifest type is the tag's
+                // answer for everyone: a narrow Accept may get one platform's manifest.
+                let shared = accepts_every_type(&accept);
                 let known = match self.tag_record(repo, tag).await? {
                     Some(rec)
                         if accepts(&accept, &rec.media_type)
@@ -89,7 +96,7 @@ impl Cache {
                     _ => None,
                 };
                 match self
-                    .revalidate(repo, tag, &upstream_accept, known.as_ref())
+                    .revalidate(repo, tag, &upstream_accept, known.as_ref(), shared)
                     .await
                 {
                     Ok(Some((m, outcome))) => answer(m, outcome),
@@ -108,13 +115,15 @@ impl Cache {
     }
 
     /// Ask the upstream about a tag: HEAD when we know an answer (download only a changed
-    /// digest), GET otherwise. `Ok(None)`: the upstream does not have the tag.
+    /// digest), GET otherwise. `Ok(None)`: the upstream does not have the tag. The tag record
+    /// is updated only when `shared` (the request accepted every manifest type).
     async fn revalidate(
         &self,
         repo: &Repository,
         tag: &Tag,
         accept: &str,
         known: Option<&(TagRecord, Arc<Manifest>)>,
+        shared: bool,
     ) -> Result<Option<(Arc<Manifest>, Outcome)>> {
         let upstream = self.upstream(repo)?.upstream.clone();
         let reference = Reference::Tag(tag.clone());
@@ -126,14 +135,18 @@ impl Cache {
                 .manifest(&repo.name, &reference, accept, true)
                 .await?
             else {
-                self.forget_tag(repo, tag).await?;
+                if shared {
+                    self.forget_tag(repo, tag).await?;
+                }
                 return Ok(None);
             };
             if let Some(d) = &head.digest
                 && self.inner.index.is_linked(repo, d)?
                 && let Some(m) = self.load_manifest(d).await?
             {
-                self.remember_tag(repo, tag, &m).await?;
+                if shared {
+                    self.remember_tag(repo, tag, &m).await?;
+                }
                 return Ok(Some((m, Outcome::Hit)));
             }
         }
@@ -141,13 +154,15 @@ impl Cache {
             .manifest(&repo.name, &reference, accept, false)
             .await?
         else {
-            if known.is_some() {
+            if known.is_some() && shared {
                 self.forget_tag(repo, tag).await?;
             }
             return Ok(None);
         };
         let m = self.store_manifest(repo, fetched, None).await?;
-        self.remember_tag(repo, tag, &m).await?;
+        if shared {
+            self.remember_tag(repo, tag, &m).await?;
+        }
         Ok(Some((m, Outcome::Miss)))
     }
 
@@ -201,6 +216,14 @@ impl Cache {
             .bytes
             .ok_or_else(|| Error::internal("manifest answer without a body"))?;
         let digest = Digest::of(&bytes);
+        if fetched.media_type.starts_with(SCHEMA1) {
+            // Its digest covers the payload without the signatures: it cannot be verified (or
+            // served) like any other manifest. Docker Hub and distribution 3 dropped it too.
+            return Err(Error::Unsupported(format!(
+                "{repo} answered a Docker schema 1 manifest ({}), which airlock does not serve; ask for a schema 2 or OCI manifest",
+                fetched.media_type
+            )));
+        }
         for claimed in expected.into_iter().chain(fetched.digest.as_ref()) {
             if *claimed != digest {
                 return Err(invalid(format!(
@@ -225,7 +248,11 @@ impl Cache {
         };
         inner.index.set_blob_info(&digest, &info)?;
         inner.index.link(repo, &digest)?;
-        for child in children(&bytes).unwrap_or_default() {
+        for child in children(&bytes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| !c.foreign)
+        {
             // The upstream accepted this manifest only with these in the repository.
             inner.index.link(repo, &child.digest)?;
             if let Some(size) = child.size

@@ -2,8 +2,8 @@
 //!
 //! Manifests are parsed here only to learn what they name (so those blobs can be linked to the
 //! repository and their sizes known). A small lenient struct is used rather than the strict
-//! `oci-spec` types: it must read OCI and Docker manifests, indexes and lists, and even Docker
-//! schema 1, and never reject a manifest the upstream accepted.
+//! `oci-spec` types: it must read OCI and Docker manifests, indexes and lists alike (and the
+//! layer list of Docker schema 1), and never reject a manifest the upstream accepted.
 
 use super::digest::Digest;
 use serde::Deserialize;
@@ -37,6 +37,9 @@ pub struct Descriptor {
     pub size: Option<u64>,
     /// Whether the target is itself a manifest (an index's children) rather than a blob.
     pub is_manifest: bool,
+    /// Whether the descriptor lists `urls` (a non-distributable layer): registries accept
+    /// such manifests without the blob being in the repository, so it proves nothing.
+    pub foreign: bool,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +63,8 @@ struct RawDescriptor {
     digest: String,
     #[serde(default)]
     size: Option<u64>,
+    #[serde(default)]
+    urls: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +84,7 @@ pub fn children(manifest: &[u8]) -> Option<Vec<Descriptor>> {
             media_type: d.media_type,
             size: d.size,
             is_manifest,
+            foreign: !d.urls.is_empty(),
         })
     };
     let mut out: Vec<Descriptor> = raw
@@ -94,6 +100,7 @@ pub fn children(manifest: &[u8]) -> Option<Vec<Descriptor>> {
             media_type: None,
             size: None,
             is_manifest: false,
+            foreign: false,
         })
     }));
     Some(out)
@@ -118,6 +125,14 @@ pub fn accepts(accept: &[&str], media_type: &str) -> bool {
     !any
 }
 
+/// Whether `accept` takes every current manifest type: then the upstream's answer for a tag is
+/// the tag's answer for any client, not one narrowed to what this client can read.
+pub fn accepts_every_type(accept: &[&str]) -> bool {
+    [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST]
+        .iter()
+        .all(|t| accepts(accept, t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,10 +145,12 @@ mod tests {
         let m = format!(
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}",
                "config":{{"mediaType":"c","digest":"{D1}","size":7}},
-               "layers":[{{"mediaType":"l","digest":"{D2}","size":9}},{{"digest":"bogus"}}]}}"#
+               "layers":[{{"mediaType":"l","digest":"{D2}","size":9}},{{"digest":"bogus"}},
+                         {{"digest":"{D1}","urls":["https://example.com/l"]}}]}}"#
         );
         let c = children(m.as_bytes()).unwrap();
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.len(), 3);
+        assert!(!c[0].foreign && c[2].foreign);
         assert_eq!(c[0].digest.to_string(), D1);
         assert_eq!(c[0].size, Some(7));
         assert_eq!(c[1].media_type.as_deref(), Some("l"));
@@ -169,5 +186,8 @@ mod tests {
             accepts(&[" , "], OCI_INDEX),
             "an empty Accept accepts anything"
         );
+        assert!(accepts_every_type(&[ACCEPT_ALL]));
+        assert!(accepts_every_type(&[]));
+        assert!(!accepts_every_type(&[DOCKER_MANIFEST, OCI_MANIFEST]));
     }
 }

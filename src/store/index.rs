@@ -21,6 +21,8 @@ use std::sync::Mutex;
 const SCHEMA: &[u8] = b"1";
 /// Access times are written at most this often per digest: enough for LRU, cheap per request.
 const TOUCH_EVERY_MS: u64 = 60_000;
+/// Bound on the in-memory record of recent touches.
+const MAX_TOUCHED: usize = 100_000;
 
 /// The sled-backed index.
 pub struct SledIndex {
@@ -143,6 +145,10 @@ impl Index for SledIndex {
             match touched.get(digest) {
                 Some(&t) if now.saturating_sub(t) < TOUCH_EVERY_MS => return Ok(()),
                 _ => {
+                    // Entries older than the interval are only a cache of what sled holds.
+                    if touched.len() >= MAX_TOUCHED {
+                        touched.retain(|_, t| now.saturating_sub(*t) < TOUCH_EVERY_MS);
+                    }
                     touched.insert(digest.clone(), now);
                 }
             }

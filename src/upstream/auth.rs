@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use http::HeaderValue;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A parsed `WWW-Authenticate` challenge.
@@ -114,6 +114,10 @@ struct TokenAnswer {
 
 /// Tokens live 60 s when the issuer does not say (the distribution token spec's default).
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+/// A token is reused for a day at most, whatever the issuer says.
+const MAX_TOKEN_LIFETIME: u64 = 24 * 3600;
+/// Past this many scopes, expired tokens and idle per-scope locks are dropped.
+const MAX_ENTRIES: usize = 1024;
 
 /// What one upstream knows about authenticating: its challenge once seen, and tokens by scope.
 pub struct Auth {
@@ -123,7 +127,7 @@ pub struct Auth {
     timeout: Duration,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, (HeaderValue, Instant)>>,
-    fetching: tokio::sync::Mutex<()>,
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Auth {
@@ -141,7 +145,7 @@ impl Auth {
             timeout,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -150,28 +154,45 @@ impl Auth {
         *lock(&self.challenge) = Some(challenge);
     }
 
-    /// The `Authorization` value for a pull of `repo`, if the upstream wants one. With `renew`,
-    /// a cached token is not trusted (the upstream just refused it).
-    pub async fn header(&self, repo: &str, renew: bool) -> Result<Option<HeaderValue>> {
+    /// The `Authorization` value for a pull of `repo`, if the upstream wants one. `rejected`
+    /// is a token the upstream just refused: it is not handed out again.
+    pub async fn header(
+        &self,
+        repo: &str,
+        rejected: Option<&HeaderValue>,
+    ) -> Result<Option<HeaderValue>> {
         let challenge = lock(&self.challenge).clone();
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
             Some(Challenge::Bearer { realm, service }) => {
                 let scope = format!("repository:{repo}:pull");
-                if !renew && let Some(h) = self.cached(&scope) {
+                let usable = |h: &HeaderValue| rejected != Some(h);
+                if let Some(h) = self.cached(&scope).filter(usable) {
                     return Ok(Some(h));
                 }
-                let _one_at_a_time = self.fetching.lock().await;
-                if !renew && let Some(h) = self.cached(&scope) {
+                // One token request per scope at a time; the others wait and reuse it.
+                let scope_lock = {
+                    let mut locks = lock(&self.fetching);
+                    if locks.len() > MAX_ENTRIES {
+                        locks.retain(|_, l| Arc::strong_count(l) > 1);
+                    }
+                    locks.entry(scope.clone()).or_default().clone()
+                };
+                let _one_per_scope = scope_lock.lock().await;
+                if let Some(h) = self.cached(&scope).filter(usable) {
                     return Ok(Some(h));
                 }
                 let (token, lifetime) =
                     self.fetch_token(&realm, service.as_deref(), &scope).await?;
                 // Renew a little early so a token never expires in flight.
                 let margin = (lifetime / 10).min(Duration::from_secs(30));
-                lock(&self.tokens)
-                    .insert(scope, (token.clone(), Instant::now() + lifetime - margin));
+                let mut tokens = lock(&self.tokens);
+                if tokens.len() > MAX_ENTRIES {
+                    let now = Instant::now();
+                    tokens.retain(|_, (_, until)| *until > now);
+                }
+                tokens.insert(scope, (token.clone(), Instant::now() + (lifetime - margin)));
                 Ok(Some(token))
             }
         }
@@ -241,8 +262,11 @@ impl Auth {
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| unavailable(format!("token service {realm} sent an unusable token")))?;
         header.set_sensitive(true);
-        let lifetime =
-            Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1));
+        let secs = answer
+            .expires_in
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+            .clamp(1, MAX_TOKEN_LIFETIME);
+        let lifetime = Duration::from_secs(secs);
         Ok((header, lifetime))
     }
 }

@@ -84,7 +84,7 @@ impl HttpUpstream {
         accept: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response> {
-        let mut auth = self.auth.header(repo.as_str(), false).await?;
+        let mut auth = self.auth.header(repo.as_str(), None).await?;
         let mut resp = self
             .follow(&method, url.clone(), accept, timeout, auth.as_ref())
             .await?;
@@ -97,7 +97,8 @@ impl HttpUpstream {
                 .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
             if let Some(c) = challenge {
                 self.auth.learn(c);
-                auth = self.auth.header(repo.as_str(), true).await?;
+                let rejected = auth.take();
+                auth = self.auth.header(repo.as_str(), rejected.as_ref()).await?;
                 if auth.is_some() {
                     resp = self
                         .follow(&method, url, accept, timeout, auth.as_ref())
@@ -310,7 +311,10 @@ impl Upstream for HttpUpstream {
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        Ok(Some(resp.content_length().filter(|n| *n > 0)))
+        // reqwest reports no body length for HEAD: read the header itself.
+        Ok(Some(
+            header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
+        ))
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
@@ -346,6 +350,7 @@ impl Upstream for HttpUpstream {
                 None => return Ok(Some(all)),
             }
         }
+        tracing::warn!(%repo, tags = all.len(), "tag list cut after {MAX_TAG_PAGES} pages");
         Ok(Some(all))
     }
 }
