@@ -7,6 +7,7 @@ mod handler;
 mod range;
 pub mod route;
 pub mod server;
+pub mod tls;
 
 pub use body::Body;
 pub use handler::State;

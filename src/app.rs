@@ -65,23 +65,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if !cache.upstreams().contains(&default) && !config.upstream.is_empty() {
         tracing::warn!(registry = %default, "server.default_registry has no [[upstream]]: requests without a registry can only be answered from the cache");
     }
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::api::tls::acceptor)
+        .transpose()?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data = %data.display(), "airlock is serving the registry API");
-    for u in &config.upstream {
-        tracing::info!(registry = %u.registry, url = %u.effective_url(), tag_ttl = ?u.tag_ttl, "upstream");
-    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, %scheme, data = %data.display(), "airlock is serving the registry API");
     let state = Arc::new(State {
         cache: cache.clone(),
-        router: Router::new(default),
+        router: Router::new(default, aliases(&config)?),
     });
     let (tx, rx) = oneshot::channel::<()>();
     let grace = config.server.shutdown_timeout;
     let task = tokio::spawn(async move {
         server::serve(
             listener,
+            tls,
             state,
             async {
                 let _ = rx.await;
@@ -104,7 +109,19 @@ fn upstreams(config: &Config) -> anyhow::Result<Upstreams> {
     let mut entries = HashMap::new();
     for u in &config.upstream {
         let registry: Registry = u.registry.parse()?;
-        let client = HttpUpstream::new(u).with_context(|| format!("upstream {}", u.registry))?;
+        let client = HttpUpstream::new(u, &config.credentials)
+            .with_context(|| format!("upstream {}", u.registry))?;
+        tracing::info!(
+            registry = %u.registry,
+            url = %u.effective_url(),
+            credentials = %client.credentials(),
+            tag_ttl = ?u.tag_ttl,
+            mirror = u.mirror,
+            "upstream"
+        );
+        if u.insecure {
+            tracing::warn!(registry = %u.registry, "TLS CERTIFICATES ARE NOT VERIFIED for this upstream (insecure = true): anyone on the path can serve it content. Use ca_file instead outside a lab.");
+        }
         entries.insert(
             registry,
             Entry {
@@ -117,6 +134,17 @@ fn upstreams(config: &Config) -> anyhow::Result<Upstreams> {
         entries,
         config.server.default_registry.parse()?,
     ))
+}
+
+/// Short names → registries, from every upstream's `aliases`.
+fn aliases(config: &Config) -> anyhow::Result<HashMap<String, Registry>> {
+    let mut out = HashMap::new();
+    for u in &config.upstream {
+        for a in &u.aliases {
+            out.insert(a.clone(), u.registry.parse()?);
+        }
+    }
+    Ok(out)
 }
 
 /// Run until SIGINT or SIGTERM, then shut down gracefully.

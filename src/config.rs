@@ -4,8 +4,10 @@
 //! documents every key; a test parses it.
 
 mod size;
+mod upstream;
 
 pub use size::ByteSize;
+pub use upstream::UpstreamConfig;
 
 use crate::oci::Registry;
 use figment::Figment;
@@ -32,6 +34,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Credential sources shared by all upstreams.
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
     /// One entry per upstream registry. Default: Docker Hub only.
     #[serde(default = "default_upstreams")]
     pub upstream: Vec<UpstreamConfig>,
@@ -48,6 +53,60 @@ pub struct ServerConfig {
     /// How long in-flight requests may run on shutdown before they are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[credentials]`: where credentials come from when an upstream names none itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// Docker's `config.json` (`auths`, `credHelpers`, `credsStore`). Default:
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, when it exists.
+    pub docker_config: Option<PathBuf>,
+    /// How long credentials from a helper are reused before the helper runs again (they are
+    /// also refreshed as soon as an upstream refuses them).
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Time allowed for one run of a credential helper.
+    #[serde(with = "humantime_serde")]
+    pub helper_timeout: Duration,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        CredentialsConfig {
+            docker_config: None,
+            refresh: Duration::from_secs(900),
+            helper_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CredentialsConfig {
+    /// The Docker config file to read, if any.
+    pub fn docker_config_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.docker_config {
+            return Some(p.clone());
+        }
+        let env = |k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let dir = env("DOCKER_CONFIG").or_else(|| env("HOME").map(|h| h.join(".docker")))?;
+        Some(dir.join("config.json")).filter(|p| p.is_file())
+    }
 }
 
 impl Default for ServerConfig {
@@ -56,6 +115,7 @@ impl Default for ServerConfig {
             listen: ([0, 0, 0, 0], 5000).into(),
             default_registry: "docker.io".into(),
             shutdown_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -129,41 +189,6 @@ impl Default for LogConfig {
     }
 }
 
-/// `[[upstream]]`: one registry we fetch from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// The registry host clients name (`docker.io`, `ghcr.io`, `registry.local:5000`).
-    pub registry: String,
-    /// Base URL of its v2 API. Default: the well-known URL for Docker Hub, else `https://<registry>`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// User name for token or Basic auth.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password or access token (prefer `password_file` or `password_env`).
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// File whose content (trimmed) is the password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Name of an environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// How long a tag answer is served without asking the upstream again.
-    #[serde(default = "default_tag_ttl", with = "humantime_serde")]
-    pub tag_ttl: Duration,
-    /// Time allowed to open a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Longest silence allowed while reading an answer (blob bodies included).
-    #[serde(default = "default_read_timeout", with = "humantime_serde")]
-    pub read_timeout: Duration,
-    /// Total time allowed for a manifest, tag list or token request.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
-}
-
 impl Default for Config {
     /// The built-in defaults: what `airlock serve` runs with and no file or environment.
     fn default() -> Self {
@@ -172,6 +197,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             cache: CacheConfig::default(),
             log: LogConfig::default(),
+            credentials: CredentialsConfig::default(),
             upstream: default_upstreams(),
         }
     }
@@ -180,48 +206,6 @@ impl Default for Config {
 fn default_upstreams() -> Vec<UpstreamConfig> {
     vec![UpstreamConfig::new("docker.io")]
 }
-fn default_tag_ttl() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_read_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-impl UpstreamConfig {
-    /// An upstream for `registry` with every other key at its default.
-    pub fn new(registry: &str) -> UpstreamConfig {
-        UpstreamConfig {
-            registry: registry.into(),
-            url: None,
-            username: None,
-            password: None,
-            password_file: None,
-            password_env: None,
-            tag_ttl: default_tag_ttl(),
-            connect_timeout: default_connect_timeout(),
-            read_timeout: default_read_timeout(),
-            request_timeout: default_request_timeout(),
-        }
-    }
-
-    /// The URL to use: the configured one, or the registry's well-known one.
-    pub fn effective_url(&self) -> String {
-        match &self.url {
-            Some(u) => u.trim_end_matches('/').to_string(),
-            None => match self.registry.parse::<Registry>() {
-                Ok(r) if r.is_docker_hub() => "https://registry-1.docker.io".into(),
-                _ => format!("https://{}", self.registry),
-            },
-        }
-    }
-}
-
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -285,6 +269,7 @@ impl Config {
             );
         }
         let mut seen = Vec::new();
+        let mut aliases: Vec<String> = Vec::new();
         for (i, u) in self.upstream.iter().enumerate() {
             let key = |k: &str| format!("upstream[{i}].{k}");
             let reg = match u.registry.parse::<Registry>() {
@@ -323,6 +308,65 @@ impl Config {
                         .into(),
                 );
             }
+            if let Some(h) = &u.credential_helper {
+                if u.username.is_some() {
+                    return bad(
+                        key("credential_helper"),
+                        "set either username/password or credential_helper, not both".into(),
+                    );
+                }
+                if h.is_empty()
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return bad(
+                        key("credential_helper"),
+                        format!(
+                            "{h:?} is not a helper name (\"ecr-login\" runs docker-credential-ecr-login)"
+                        ),
+                    );
+                }
+            }
+            if let Some(f) = u.ca_file.as_ref().filter(|f| !f.is_file()) {
+                return bad(key("ca_file"), format!("{} does not exist", f.display()));
+            }
+            for a in &u.aliases {
+                if a.is_empty()
+                    || !a
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return bad(
+                        key("aliases"),
+                        format!(
+                            "{a:?}: aliases are lower-case letters, digits and '-' (no dots, so they never look like a host)"
+                        ),
+                    );
+                }
+                if aliases.contains(a) {
+                    return bad(key("aliases"), format!("{a:?} is used twice"));
+                }
+                aliases.push(a.clone());
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (k, f) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if !f.is_file() {
+                    return bad(k.into(), format!("{} does not exist", f.display()));
+                }
+            }
+        }
+        if let Some(f) = self
+            .credentials
+            .docker_config
+            .as_ref()
+            .filter(|f| !f.is_file())
+        {
+            return bad(
+                "credentials.docker_config".into(),
+                format!("{} does not exist", f.display()),
+            );
         }
         Ok(())
     }

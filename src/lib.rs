@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod cache;
+pub mod client_config;
 pub mod config;
 pub mod error;
 pub mod oci;

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod credentials;
 
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Reference, Registry, RepoName};

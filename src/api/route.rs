@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Reference, Registry, RepoName, Repository};
+use std::collections::HashMap;
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,16 +38,18 @@ pub enum Route {
     },
 }
 
-/// How to route: the default registry and how to recognise a registry path prefix.
+/// How to route: the default registry, and the operator's short aliases for registries.
 #[derive(Debug, Clone)]
 pub struct Router {
     default: Registry,
+    aliases: HashMap<String, Registry>,
 }
 
 impl Router {
-    /// A router sending unqualified requests to `default`.
-    pub fn new(default: Registry) -> Router {
-        Router { default }
+    /// A router sending unqualified requests to `default`; `aliases` name registries in a
+    /// path prefix or `?ns=` (`hub` → `docker.io`).
+    pub fn new(default: Registry, aliases: HashMap<String, Registry>) -> Router {
+        Router { default, aliases }
     }
 
     /// Parse a request path and raw query string.
@@ -108,9 +111,12 @@ impl Router {
     /// as is, dots and all), else a registry path prefix, else the default.
     fn repository(&self, name: &[&str], ns: Option<&str>) -> Result<Repository> {
         let (registry, name) = match (ns, name) {
-            (Some(ns), _) => (ns.parse()?, name),
-            (None, [first, rest @ ..]) if !rest.is_empty() && looks_like_host(first) => {
-                (first.parse()?, rest)
+            (Some(ns), _) => (self.registry(ns)?, name),
+            (None, [first, rest @ ..])
+                if !rest.is_empty()
+                    && (looks_like_host(first) || self.aliases.contains_key(*first)) =>
+            {
+                (self.registry(first)?, rest)
             }
             (None, _) => (self.default.clone(), name),
         };
@@ -119,6 +125,15 @@ impl Router {
             name: name.normalized_for(&registry),
             registry,
         })
+    }
+}
+
+impl Router {
+    fn registry(&self, name: &str) -> Result<Registry> {
+        match self.aliases.get(name) {
+            Some(r) => Ok(r.clone()),
+            None => name.parse(),
+        }
     }
 }
 
@@ -161,7 +176,8 @@ mod tests {
     const D: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
     fn router() -> Router {
-        Router::new(Registry::docker_hub())
+        let aliases = [("gh".to_string(), "ghcr.io".parse().unwrap())].into();
+        Router::new(Registry::docker_hub(), aliases)
     }
 
     fn repo(reg: &str, name: &str) -> Repository {

@@ -1,25 +1,32 @@
-//! The accept loop: hyper 1 (HTTP/1.1 and h2c) over tokio, with graceful shutdown: stop
-//! accepting, let in-flight requests finish within a bound, then cut them.
+//! The accept loop: hyper 1 over tokio, plain (HTTP/1.1 and h2c) or TLS (HTTP/1.1 and HTTP/2 by
+//! ALPN), with graceful shutdown: stop accepting, let in-flight requests finish within a
+//! bound, then cut them.
 
 use super::handler::State;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// hyper's own header buffer: larger than [`super::handler::MAX_HEADER_BYTES`], so oversized
 /// headers reach the handler and get an OCI error rather than a bare 431.
 const MAX_BUF: usize = 1 << 20;
 
-/// Serve `listener` until `shutdown` resolves, then drain for at most `grace`.
+/// How long a client may take over the TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serve `listener` (over TLS when `tls` is set) until `shutdown` resolves, then drain for at
+/// most `grace`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -47,17 +54,24 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(state.handle(req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, state, tls) = (
+            builder.clone(),
+            graceful.watcher(),
+            state.clone(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => connection(&builder, watcher, TokioIo::new(stream), state).await,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(tls)) => connection(&builder, watcher, TokioIo::new(tls), state).await,
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err("TLS handshake timed out".into()),
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -68,4 +82,26 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "in-flight requests cut at the shutdown timeout"),
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serve one connection (HTTP/1.1, or HTTP/2 by preface or ALPN) until it closes or the
+/// server shuts down.
+async fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    state: Arc<State>,
+) -> Result<(), BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(state.handle(req).await) }
+    });
+    watcher
+        .watch(builder.serve_connection(io, service).into_owned())
+        .await
 }

@@ -5,8 +5,8 @@
 
 use super::{Cache, Manifest, ManifestAnswer, Outcome};
 use crate::error::{Error, Result};
-use crate::oci::manifest::accepts_every_type;
 use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_BYTES};
+use crate::oci::manifest::{accepts_every_type, upstream_accept};
 use crate::oci::{Digest, Reference, Repository, Tag, accepts, children};
 use crate::store::{BlobInfo, CommitError, TagRecord, now_ms};
 use crate::upstream::FetchedManifest;
@@ -78,11 +78,7 @@ impl Cache {
         match reference {
             Reference::Digest(d) => self.manifest_by_digest(repo, d, &accept).await,
             Reference::Tag(tag) => {
-                let upstream_accept = if accept.iter().all(|a| a.trim().is_empty()) {
-                    ACCEPT_ALL.to_string()
-                } else {
-                    accept.join(", ")
-                };
+                let upstream_accept = upstream_accept(&accept);
                 // Only an answer to a request that accepted every manifest type is the tag's
                 // answer for everyone: a narrow Accept may get one platform's manifest.
                 let shared = accepts_every_type(&accept);

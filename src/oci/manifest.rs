@@ -125,6 +125,21 @@ pub fn accepts(accept: &[&str], media_type: &str) -> bool {
     !any
 }
 
+/// What to ask an upstream for on behalf of a client sending `accept`: its own list when it
+/// names a manifest type, else (nothing, or only `*/*` as curl sends) every current type, so
+/// the upstream never downgrades to schema 1.
+pub fn upstream_accept(accept: &[&str]) -> String {
+    let names_a_type = accept
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|item| item.contains("manifest") || item.contains("index"));
+    if names_a_type {
+        accept.join(", ")
+    } else {
+        ACCEPT_ALL.to_string()
+    }
+}
+
 /// Whether `accept` takes every current manifest type: then the upstream's answer for a tag is
 /// the tag's answer for any client, not one narrowed to what this client can read.
 pub fn accepts_every_type(accept: &[&str]) -> bool {
@@ -187,6 +202,12 @@ mod tests {
             "an empty Accept accepts anything"
         );
         assert!(accepts_every_type(&[ACCEPT_ALL]));
+        assert_eq!(upstream_accept(&["*/*"]), ACCEPT_ALL);
+        assert_eq!(upstream_accept(&[]), ACCEPT_ALL);
+        assert_eq!(
+            upstream_accept(&[DOCKER_MANIFEST, "*/*"]),
+            format!("{DOCKER_MANIFEST}, */*")
+        );
         assert!(accepts_every_type(&[]));
         assert!(!accepts_every_type(&[DOCKER_MANIFEST, OCI_MANIFEST]));
     }

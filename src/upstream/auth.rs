@@ -3,9 +3,8 @@
 //! `repository:<name>:pull` Bearer token (Docker Hub, GHCR), anonymously or with credentials,
 //! and reuse it until it expires.
 
+use super::credentials::{CredentialProvider, Credentials};
 use crate::error::{Error, Result};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use http::HeaderValue;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -76,32 +75,6 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     }
 }
 
-/// Credentials for one upstream. `Debug` never shows the password.
-#[derive(Clone)]
-pub struct Credentials {
-    /// User name.
-    pub username: String,
-    /// Password or access token.
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}:***)", self.username)
-    }
-}
-
-impl Credentials {
-    /// The `Authorization: Basic …` value.
-    pub fn basic_header(&self) -> HeaderValue {
-        let raw = B64.encode(format!("{}:{}", self.username, self.password));
-        let mut v =
-            HeaderValue::from_str(&format!("Basic {raw}")).unwrap_or(HeaderValue::from_static(""));
-        v.set_sensitive(true);
-        v
-    }
-}
-
 #[derive(Deserialize)]
 struct TokenAnswer {
     #[serde(default)]
@@ -122,7 +95,7 @@ const MAX_ENTRIES: usize = 1024;
 /// What one upstream knows about authenticating: its challenge once seen, and tokens by scope.
 pub struct Auth {
     registry: String,
-    credentials: Option<Credentials>,
+    credentials: CredentialProvider,
     http: reqwest::Client,
     timeout: Duration,
     challenge: Mutex<Option<Challenge>>,
@@ -134,7 +107,7 @@ impl Auth {
     /// Auth state for `registry`, with the client used to reach token realms.
     pub fn new(
         registry: String,
-        credentials: Option<Credentials>,
+        credentials: CredentialProvider,
         http: reqwest::Client,
         timeout: Duration,
     ) -> Auth {
@@ -164,7 +137,12 @@ impl Auth {
         let challenge = lock(&self.challenge).clone();
         match challenge {
             None => Ok(None),
-            Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+            Some(Challenge::Basic) => Ok(self
+                .credentials
+                .get()
+                .await?
+                .as_ref()
+                .map(Credentials::basic_header)),
             Some(Challenge::Bearer { realm, service }) => {
                 let scope = format!("repository:{repo}:pull");
                 let usable = |h: &HeaderValue| rejected != Some(h);
@@ -198,9 +176,25 @@ impl Auth {
         }
     }
 
-    /// Whether the upstream wants credentials that we do not have.
+    /// Where the credentials come from (never the secret).
+    pub fn describe_credentials(&self) -> String {
+        self.credentials.describe()
+    }
+
+    /// Whether no credential source is configured.
     pub fn missing_credentials(&self) -> bool {
-        self.credentials.is_none()
+        !self.credentials.is_configured()
+    }
+
+    /// Whether the credential source could give other credentials when asked again.
+    pub fn refreshable(&self) -> bool {
+        self.credentials.refreshable()
+    }
+
+    /// Forget cached credentials and tokens: the upstream refused them.
+    pub async fn invalidate(&self) {
+        self.credentials.invalidate().await;
+        lock(&self.tokens).clear();
     }
 
     fn cached(&self, scope: &str) -> Option<HeaderValue> {
@@ -228,7 +222,8 @@ impl Auth {
             url.query_pairs_mut().append_pair("service", s);
         }
         let mut req = self.http.get(url).timeout(self.timeout);
-        if let Some(c) = &self.credentials {
+        let credentials = self.credentials.get().await?;
+        if let Some(c) = &credentials {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
         let resp = req
@@ -237,6 +232,8 @@ impl Auth {
             .map_err(|e| unavailable(format!("token request to {realm} failed: {e}")))?;
         let status = resp.status();
         if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+            // A helper may have fresher credentials next time.
+            self.credentials.invalidate().await;
             return Err(Error::Unauthorized {
                 registry: self.registry.clone(),
                 message: format!("the token service {realm} refused the credentials ({status})"),
@@ -316,16 +313,5 @@ mod tests {
             Challenge::parse(r#"Bearer realm="unterminated"#).map(|_| ()),
             Some(())
         );
-    }
-
-    #[test]
-    fn credentials_never_show() {
-        let c = Credentials {
-            username: "u".into(),
-            password: "hunter2".into(),
-        };
-        assert!(!format!("{c:?}").contains("hunter2"));
-        assert!(c.basic_header().is_sensitive());
-        assert_eq!(c.basic_header().to_str().unwrap(), "Basic dTpodW50ZXIy");
     }
 }

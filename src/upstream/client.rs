@@ -4,12 +4,14 @@
 //! `Authorization` header is never sent to another origin. Statuses are classified once, in
 //! [`HttpUpstream::send`]: 404 is an answer, everything else that is not success an [`Error`].
 
-use super::auth::{Auth, Challenge, Credentials};
+use super::auth::{Auth, Challenge};
+use super::credentials::CredentialProvider;
 use super::{BlobBody, FetchedManifest, Upstream};
-use crate::config::UpstreamConfig;
+use crate::config::{CredentialsConfig, UpstreamConfig};
 use crate::error::{Error, Result};
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
-use crate::oci::{Digest, Reference, RepoName};
+use crate::oci::{Digest, Reference, Registry, RepoName};
+use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -24,28 +26,52 @@ const MAX_TAG_PAGES: usize = 100;
 pub struct HttpUpstream {
     registry: String,
     base: Url,
+    /// `?ns=<registry>` for every request, when the upstream is a mirror that routes on it.
+    ns: Option<String>,
     http: reqwest::Client,
     auth: Auth,
     request_timeout: Duration,
 }
 
 impl HttpUpstream {
-    /// A client for one `[[upstream]]` section. Fails with a message naming the key when the
-    /// URL or a credential source is unusable.
-    pub fn new(config: &UpstreamConfig) -> anyhow::Result<HttpUpstream> {
+    /// A client for one `[[upstream]]` section, with credential sources from `credentials`.
+    /// Fails with a message naming the key when the URL, CA file or a credential source is
+    /// unusable.
+    pub fn new(
+        config: &UpstreamConfig,
+        credentials: &CredentialsConfig,
+    ) -> anyhow::Result<HttpUpstream> {
         let base = Url::parse(&config.effective_url())?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .build()?;
-        let credentials = credentials(config)?;
+            .read_timeout(config.read_timeout);
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).with_context(|| {
+                format!("upstream {}: ca_file {}", config.registry, path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!(
+                    "upstream {}: ca_file {} holds no PEM certificates",
+                    config.registry,
+                    path.display()
+                )
+            })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if config.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder.build()?;
+        let provider = CredentialProvider::from_config(config, credentials)?;
+        let registry: Registry = config.registry.parse()?;
         Ok(HttpUpstream {
             registry: config.registry.clone(),
+            ns: config.mirror.then(|| registry.to_string()),
             auth: Auth::new(
                 config.registry.clone(),
-                credentials,
+                provider,
                 http.clone(),
                 config.request_timeout,
             ),
@@ -55,9 +81,18 @@ impl HttpUpstream {
         })
     }
 
+    /// Where the credentials come from (for the start-up log).
+    pub fn credentials(&self) -> String {
+        self.auth.describe_credentials()
+    }
+
     fn url(&self, repo: &RepoName, tail: &str) -> Result<Url> {
         let base = self.base.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/v2/{repo}/{tail}")).map_err(Error::internal)
+        let mut url = Url::parse(&format!("{base}/v2/{repo}/{tail}")).map_err(Error::internal)?;
+        if let Some(ns) = &self.ns {
+            url.query_pairs_mut().append_pair("ns", ns);
+        }
+        Ok(url)
     }
 
     fn unavailable(&self, message: String) -> Error {
@@ -88,23 +123,37 @@ impl HttpUpstream {
         let mut resp = self
             .follow(&method, url.clone(), accept, timeout, auth.as_ref())
             .await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
+        // First 401: learn the challenge and authenticate. Second: a credential helper may
+        // have fresher credentials (ECR's expire every 12 hours): ask it again, once.
+        for attempt in 0..2 {
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                break;
+            }
+            if attempt == 1 {
+                if !self.auth.refreshable() {
+                    break;
+                }
+                self.auth.invalidate().await;
+            }
             let challenge = resp
                 .headers()
                 .get_all(header::WWW_AUTHENTICATE)
                 .iter()
                 .filter_map(|v| v.to_str().ok().and_then(Challenge::parse))
                 .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
-            if let Some(c) = challenge {
-                self.auth.learn(c);
-                let rejected = auth.take();
-                auth = self.auth.header(repo.as_str(), rejected.as_ref()).await?;
-                if auth.is_some() {
-                    resp = self
-                        .follow(&method, url, accept, timeout, auth.as_ref())
-                        .await?;
-                }
+            match challenge {
+                Some(c) => self.auth.learn(c),
+                None if attempt == 0 => break,
+                None => {}
             }
+            let rejected = auth.take();
+            auth = self.auth.header(repo.as_str(), rejected.as_ref()).await?;
+            if auth.is_none() {
+                break;
+            }
+            resp = self
+                .follow(&method, url.clone(), accept, timeout, auth.as_ref())
+                .await?;
         }
         let status = resp.status();
         match status {
@@ -201,40 +250,6 @@ impl HttpUpstream {
         }
         Ok(buf.freeze())
     }
-}
-
-/// Credentials from the config: inline password, a file, or an environment variable.
-fn credentials(config: &UpstreamConfig) -> anyhow::Result<Option<Credentials>> {
-    let Some(username) = config.username.clone() else {
-        return Ok(None);
-    };
-    let password = if let Some(p) = &config.password {
-        p.0.clone()
-    } else if let Some(path) = &config.password_file {
-        std::fs::read_to_string(path)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "upstream {}: password_file {}: {e}",
-                    config.registry,
-                    path.display()
-                )
-            })?
-            .trim()
-            .to_string()
-    } else if let Some(var) = &config.password_env {
-        std::env::var(var).map_err(|_| {
-            anyhow::anyhow!(
-                "upstream {}: password_env names {var}, which is not set",
-                config.registry
-            )
-        })?
-    } else {
-        anyhow::bail!(
-            "upstream {}: username is set without a password",
-            config.registry
-        )
-    };
-    Ok(Some(Credentials { username, password }))
 }
 
 fn header_str(resp: &reqwest::Response, name: header::HeaderName) -> Option<&str> {

@@ -19,6 +19,7 @@
 
 pub mod accesslog;
 pub mod airlock;
+pub mod certs;
 pub mod faulty;
 pub mod image;
 pub mod layer;

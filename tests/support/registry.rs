@@ -73,6 +73,8 @@ pub struct RegistryOptions {
     pub read_only: bool,
     /// Extra top-level YAML appended to the config (e.g. a `proxy:` section).
     pub extra_yaml: String,
+    /// Serve HTTPS with this PEM certificate and key (`http.tls`).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// A running (or stopped) docker-registry. Dropping it kills the process.
@@ -170,9 +172,14 @@ impl Registry {
         panic!("docker-registry did not start after 8 attempts: {last_err}");
     }
 
-    /// "http://127.0.0.1:PORT".
+    /// "http://127.0.0.1:PORT" ("https://…" when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.inner.port)
+        let scheme = if self.inner.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.inner.port)
     }
 
     /// "127.0.0.1:PORT".
@@ -371,6 +378,13 @@ impl Inner {
             "http:\n  addr: 127.0.0.1:{}\n  secret: airlock-fixture-secret\n  headers:\n    X-Content-Type-Options: [nosniff]\n",
             self.port
         );
+        if let Some((cert, key)) = &self.opts.tls {
+            y += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
         match &self.opts.auth {
             Auth::None => {}
             Auth::Token {

@@ -1,0 +1,181 @@
+//! Docker credential helpers, as ECR uses `docker-credential-ecr-login`: the airlock binary
+//! runs `docker-credential-<name> get` from its PATH, named in the config or in Docker's
+//! `config.json`, and runs it again when the upstream refuses what it gave. Against a real
+//! htpasswd (Basic auth) registry; without the helper the pull fails with UNAUTHORIZED.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use support::airlock::error_code;
+use support::image::{ACCEPT_ALL, Image};
+use support::registry::Registry;
+use support::{push, skopeo};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// A helper that logs each call and answers wrong credentials the first time (an expired
+/// token, as ECR's are after 12 hours) and the right ones after.
+fn helper_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "#!/bin/sh\nread server\necho \"$server\" >> {calls}\nn=$(wc -l < {calls})\n\
+         if [ \"$n\" = 1 ]; then pw=expired; else pw=testpass; fi\n\
+         printf '{{\"ServerURL\":\"%s\",\"Username\":\"testuser\",\"Secret\":\"%s\"}}' \"$server\" \"$pw\"\n",
+        calls = dir.path().join("calls").display()
+    );
+    let path = dir.path().join("docker-credential-airlocktest");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn calls(helper: &Path) -> Vec<String> {
+    std::fs::read_to_string(helper.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+async fn start(config: &str, path_extra: Option<&Path>) -> (Child, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let file = dir.path().join("airlock.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n{config}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    cmd.args(["serve", "-c", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(extra) = path_extra {
+        cmd.env(
+            "PATH",
+            format!(
+                "{}:{}",
+                extra.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+    }
+    let child = cmd.spawn().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        support::wait_http_ready(port, Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    assert!(ready, "airlock answers on {port}");
+    (child, port, dir)
+}
+
+async fn stop(mut child: Child) -> String {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    log
+}
+
+async fn pull(port: u16, reference: &str, img: &Image) {
+    let dir = tempfile::tempdir().unwrap();
+    skopeo::copy(
+        &format!("127.0.0.1:{port}/{reference}"),
+        dir.path(),
+        true,
+        &[],
+    )
+    .await
+    .expect("pull through airlock");
+    skopeo::read_dir(dir.path()).assert_matches(img, true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_helper_on_path_supplies_and_refreshes_basic_credentials() {
+    let plain = Registry::start().await;
+    let img = Image::docker("helper", &[30_000]);
+    push::push(&plain.url(), "team/app", &["v1"], &img).await;
+    let registry = Registry::start_htpasswd("testuser", "testpass", &plain).await;
+    let upstream = |extra: &str| {
+        format!(
+            "[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\n{extra}",
+            registry.url()
+        )
+    };
+
+    // No helper: the upstream refuses airlock, and the client is told so.
+    let (child, port, _d) = start(&upstream(""), None).await;
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v2/team/app/manifests/v1"))
+        .header("Accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(error_code(&resp.bytes().await.unwrap()), "UNAUTHORIZED");
+    stop(child).await;
+
+    // The helper named in the config.
+    let helper = helper_dir();
+    let (child, port, _d) = start(
+        &upstream("credential_helper = \"airlocktest\""),
+        Some(helper.path()),
+    )
+    .await;
+    pull(port, "team/app:v1", &img).await;
+    let log = stop(child).await;
+    let seen = calls(helper.path());
+    assert_eq!(seen.len(), 2, "run once, refused, run again: {seen:?}");
+    assert!(
+        seen.iter().all(|s| s == "https://index.docker.io/v1/"),
+        "Docker's server address for Docker Hub: {seen:?}"
+    );
+    assert!(
+        !log.contains("testpass") && !log.contains("expired"),
+        "no secret in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dockers_config_json_names_the_helper() {
+    let plain = Registry::start().await;
+    let img = Image::oci("helper-config", &[20_000]);
+    push::push(&plain.url(), "team/app", &["v1"], &img).await;
+    let registry = Registry::start_htpasswd("testuser", "testpass", &plain).await;
+    let helper = helper_dir();
+    let docker_config = helper.path().join("config.json");
+    std::fs::write(
+        &docker_config,
+        r#"{"credHelpers": {"ecr.example.internal": "airlocktest"}}"#,
+    )
+    .unwrap();
+    let config = format!(
+        "[credentials]\ndocker_config = \"{}\"\n[[upstream]]\nregistry = \"ecr.example.internal\"\nurl = \"{}\"\n",
+        docker_config.display(),
+        registry.url()
+    );
+    let (child, port, _d) = start(&config, Some(helper.path())).await;
+    pull(port, "ecr.example.internal/team/app:v1", &img).await;
+    stop(child).await;
+    assert_eq!(
+        calls(helper.path()),
+        ["ecr.example.internal", "ecr.example.internal"]
+    );
+}
