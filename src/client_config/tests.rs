@@ -3,7 +3,10 @@ use crate::config::UpstreamConfig;
 
 fn config() -> Config {
     Config {
-        upstream: vec![UpstreamConfig::new("ghcr.io"), UpstreamConfig::new("docker.io")],
+        upstream: vec![
+            UpstreamConfig::new("ghcr.io"),
+            UpstreamConfig::new("docker.io"),
+        ],
         ..Config::default()
     }
 }

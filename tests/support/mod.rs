@@ -26,6 +26,7 @@ pub mod layer;
 pub mod process;
 pub mod push;
 pub mod registry;
+pub mod runtimes;
 pub mod server;
 pub mod skopeo;
 pub mod token;
