@@ -4,8 +4,8 @@
 //! * Docker: `registry-mirrors` in daemon.json (Docker mirrors Docker Hub only; other
 //!   registries are pulled as `airlock:5000/ghcr.io/org/app`, routed by path prefix).
 //! * containerd: one `hosts.toml` per registry plus `_default`; containerd adds `?ns=`.
-//! * podman / CRI-O: `registries.conf` mirrors; the default registry bare, the others with a
-//!   `/<registry>` path prefix.
+//! * podman / CRI-O: a `registries.conf.d` drop-in with mirrors; the default registry bare,
+//!   the others with a `/<registry>` path prefix.
 //! * k3s: `registries.yaml` mirrors (its containerd adds `?ns=`).
 //!
 //! With `airgap`, clients never fall back to the original registry: the mirror is the only
@@ -22,7 +22,7 @@ pub enum Client {
     Docker,
     /// containerd: /etc/containerd/certs.d/<registry>/hosts.toml
     Containerd,
-    /// podman, CRI-O, skopeo, buildah: /etc/containers/registries.conf
+    /// podman, CRI-O, skopeo, buildah: /etc/containers/registries.conf.d/50-airlock.conf
     Podman,
     /// k3s and rke2: /etc/rancher/k3s/registries.yaml
     K3s,
@@ -50,15 +50,15 @@ pub fn default_url(config: &Config) -> String {
         "http"
     };
     let addr = config.server.listen;
-    let host = if addr.ip().is_unspecified() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into())
-    } else {
-        addr.ip().to_string()
-    };
+    if !addr.ip().is_unspecified() {
+        // SocketAddr brackets IPv6 addresses, as URLs need.
+        return format!("{scheme}://{addr}");
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
     format!("{scheme}://{host}:{}", addr.port())
 }
 
@@ -98,6 +98,11 @@ pub fn render(
         registries: &registries,
         airgap,
     };
+    if client == Client::Docker && !default.is_docker_hub() {
+        anyhow::bail!(
+            "Docker sends only Docker Hub pulls to a mirror, as bare paths, which airlock routes to server.default_registry ({default}): set it to docker.io to serve Docker"
+        );
+    }
     Ok(match client {
         Client::Docker => vec![ctx.docker()],
         Client::Containerd => ctx.containerd(),
@@ -184,10 +189,16 @@ impl Ctx<'_> {
                 }
             })
             .collect();
+        // Without a server line containerd falls back to the registry itself: not when airgapped.
+        let server = if self.airgap {
+            format!("server = \"{}\"\n\n", self.url)
+        } else {
+            String::new()
+        };
         out.push(Snippet {
             path: "/etc/containerd/certs.d/_default/hosts.toml".into(),
             file: "_default/hosts.toml".into(),
-            content: format!("# every other registry: airlock answers for those it has an upstream for\n{host_block}{tls_hint}"),
+            content: format!("# every other registry: airlock answers for those it has an upstream for\n{server}{host_block}{tls_hint}"),
             note: Some(
                 "containerd reads these when its registry config_path is set: config_path = \"/etc/containerd/certs.d\" under [plugins.\"io.containerd.grpc.v1.cri\".registry]; ctr takes --hosts-dir /etc/containerd/certs.d".into(),
             ),
@@ -222,11 +233,14 @@ impl Ctx<'_> {
                 );
             }
         }
+        let note = (!self.plain).then(|| {
+            format!("if airlock's certificate is not publicly trusted, put its CA in /etc/containers/certs.d/{}/ca.crt", self.host)
+        });
         Snippet {
-            path: "/etc/containers/registries.conf".into(),
-            file: "registries.conf".into(),
+            path: "/etc/containers/registries.conf.d/50-airlock.conf".into(),
+            file: "50-airlock.conf".into(),
             content: s,
-            note: None,
+            note,
         }
     }
 

@@ -282,6 +282,9 @@ impl Config {
             seen.push(reg);
             let url = u.effective_url();
             match reqwest::Url::parse(&url) {
+                Ok(p) if !p.username().is_empty() || p.password().is_some() => {
+                    return bad(key("url"), "credentials do not belong in the URL (they would show in logs): use username and password_file".into());
+                }
                 Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => {}
                 _ => {
                     return bad(
@@ -332,6 +335,12 @@ impl Config {
                 return bad(key("ca_file"), format!("{} does not exist", f.display()));
             }
             for a in &u.aliases {
+                if a == "library" {
+                    return bad(
+                        key("aliases"),
+                        "\"library\" would capture every official Docker Hub image".into(),
+                    );
+                }
                 if a.is_empty()
                     || !a
                         .bytes()

@@ -161,9 +161,11 @@ async fn dockers_config_json_names_the_helper() {
     let registry = Registry::start_htpasswd("testuser", "testpass", &plain).await;
     let helper = helper_dir();
     let docker_config = helper.path().join("config.json");
+    // Docker's config is keyed by the host airlock contacts (the url), not the registry name.
+    let host = registry.url().trim_start_matches("http://").to_string();
     std::fs::write(
         &docker_config,
-        r#"{"credHelpers": {"ecr.example.internal": "airlocktest"}}"#,
+        format!(r#"{{"credHelpers": {{"{host}": "airlocktest"}}}}"#),
     )
     .unwrap();
     let config = format!(
@@ -174,8 +176,5 @@ async fn dockers_config_json_names_the_helper() {
     let (child, port, _d) = start(&config, Some(helper.path())).await;
     pull(port, "ecr.example.internal/team/app:v1", &img).await;
     stop(child).await;
-    assert_eq!(
-        calls(helper.path()),
-        ["ecr.example.internal", "ecr.example.internal"]
-    );
+    assert_eq!(calls(helper.path()), [host.clone(), host]);
 }

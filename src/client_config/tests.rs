@@ -84,6 +84,12 @@ fn containerd_gets_a_hosts_file_per_registry_and_a_default() {
             .contains("server = \"http://10.0.0.5:5000\""),
         "no way out to the real registry"
     );
+    assert!(
+        airgap[2]
+            .content
+            .contains("server = \"http://10.0.0.5:5000\""),
+        "not through _default either"
+    );
 }
 
 #[test]
@@ -115,6 +121,24 @@ fn k3s_gets_a_mirror_per_registry() {
             .contains("  \"ghcr.io\":\n    endpoint:\n      - \"http://10.0.0.5:5000\"")
     );
     assert!(s.content.contains("  \"docker.io\":"));
+}
+
+#[test]
+fn docker_needs_docker_hub_as_the_default_registry() {
+    let mut c = config();
+    c.server.default_registry = "ghcr.io".into();
+    let e = render(Client::Docker, &c, "http://10.0.0.5:5000", false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("default_registry"), "{e}");
+}
+
+#[test]
+fn the_default_url_brackets_ipv6() {
+    let mut c = config();
+    c.server.listen = "[fd00::5]:5000".parse().unwrap();
+    assert_eq!(default_url(&c), "http://[fd00::5]:5000");
+    assert!(render(Client::Podman, &c, &default_url(&c), false).is_ok());
 }
 
 #[test]

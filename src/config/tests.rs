@@ -92,6 +92,18 @@ fn bad_values_name_the_key() {
         ),
         ("[cache]\nmemory = \"lots\"", "memory"),
         ("[log]\nlevel = \"[[\"", "log.level"),
+        (
+            "[[upstream]]\nregistry = \"a.io\"\nurl = \"https://u:p@a.io\"",
+            "credentials do not belong in the URL",
+        ),
+        (
+            "[[upstream]]\nregistry = \"a.io\"\naliases = [\"library\"]",
+            "official",
+        ),
+        (
+            "[[upstream]]\nregistry = \"a.io\"\naliases = [\"a.b\"]",
+            "upstream[0].aliases",
+        ),
     ] {
         let e = load_str(toml).unwrap_err().to_string();
         assert!(e.contains(want), "{toml:?} gave {e}");

@@ -161,8 +161,16 @@ impl Auth {
                 if let Some(h) = self.cached(&scope).filter(usable) {
                     return Ok(Some(h));
                 }
-                let (token, lifetime) =
-                    self.fetch_token(&realm, service.as_deref(), &scope).await?;
+                let fetched = self.fetch_token(&realm, service.as_deref(), &scope).await;
+                let (token, lifetime) = match fetched {
+                    // Expired helper credentials: fetch fresh ones and ask once more.
+                    Err(Error::Unauthorized { .. })
+                        if self.credentials.refresh_after_refusal().await =>
+                    {
+                        self.fetch_token(&realm, service.as_deref(), &scope).await?
+                    }
+                    other => other?,
+                };
                 // Renew a little early so a token never expires in flight.
                 let margin = (lifetime / 10).min(Duration::from_secs(30));
                 let mut tokens = lock(&self.tokens);
@@ -181,20 +189,10 @@ impl Auth {
         self.credentials.describe()
     }
 
-    /// Whether no credential source is configured.
-    pub fn missing_credentials(&self) -> bool {
-        !self.credentials.is_configured()
-    }
-
-    /// Whether the credential source could give other credentials when asked again.
-    pub fn refreshable(&self) -> bool {
-        self.credentials.refreshable()
-    }
-
-    /// Forget cached credentials and tokens: the upstream refused them.
-    pub async fn invalidate(&self) {
-        self.credentials.invalidate().await;
-        lock(&self.tokens).clear();
+    /// The upstream refused our credentials: let the source fetch fresh ones if it can
+    /// (rate limited). Returns whether the next attempt may differ.
+    pub async fn refresh_credentials(&self) -> bool {
+        self.credentials.refresh_after_refusal().await
     }
 
     fn cached(&self, scope: &str) -> Option<HeaderValue> {
@@ -232,11 +230,15 @@ impl Auth {
             .map_err(|e| unavailable(format!("token request to {realm} failed: {e}")))?;
         let status = resp.status();
         if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
-            // A helper may have fresher credentials next time.
-            self.credentials.invalidate().await;
+            tracing::warn!(registry = %self.registry, %realm, %status, credentials = %self.credentials.describe(), "the token service refused airlock");
             return Err(Error::Unauthorized {
                 registry: self.registry.clone(),
-                message: format!("the token service {realm} refused the credentials ({status})"),
+                message: if credentials.is_some() {
+                    "its token service refused the credentials airlock has for it".into()
+                } else {
+                    "its token service wants credentials: give airlock some for this registry"
+                        .into()
+                },
             });
         }
         if status == http::StatusCode::TOO_MANY_REQUESTS {

@@ -129,11 +129,8 @@ impl HttpUpstream {
             if resp.status() != StatusCode::UNAUTHORIZED {
                 break;
             }
-            if attempt == 1 {
-                if !self.auth.refreshable() {
-                    break;
-                }
-                self.auth.invalidate().await;
+            if attempt == 1 && !self.auth.refresh_credentials().await {
+                break;
             }
             let challenge = resp
                 .headers()
@@ -148,7 +145,9 @@ impl HttpUpstream {
             }
             let rejected = auth.take();
             auth = self.auth.header(repo.as_str(), rejected.as_ref()).await?;
-            if auth.is_none() {
+            // Nothing new to offer (no credentials, or the same ones again): stop, rather
+            // than count another failed login against the account.
+            if auth.is_none() || auth == rejected {
                 break;
             }
             resp = self
@@ -160,12 +159,12 @@ impl HttpUpstream {
             s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(resp),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Error::Unauthorized {
                 registry: self.registry.clone(),
-                message: if self.auth.missing_credentials() {
+                message: if auth.is_none() {
                     format!(
-                        "{status} for {repo}; configure username and password for this upstream"
+                        "{status} for {repo}: it wants credentials, give airlock some for this registry"
                     )
                 } else {
-                    format!("{status} for {repo} with the configured credentials")
+                    format!("{status} for {repo}: it refused the credentials airlock has for it")
                 },
             }),
             StatusCode::TOO_MANY_REQUESTS => Err(Error::TooManyRequests(self.registry.clone())),
