@@ -10,6 +10,7 @@ pub mod cache;
 pub mod client_config;
 pub mod config;
 pub mod error;
+pub mod inventory;
 pub mod oci;
 pub mod store;
 pub mod upstream;

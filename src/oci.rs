@@ -4,7 +4,9 @@
 pub mod digest;
 pub mod manifest;
 pub mod name;
+pub mod platform;
 
 pub use digest::{Digest, Verifier};
 pub use manifest::{Descriptor, accepts, children};
-pub use name::{Reference, Registry, RepoName, Repository, Tag};
+pub use name::{ImageRef, Reference, Registry, RepoName, Repository, Tag};
+pub use platform::Platform;

@@ -17,6 +17,7 @@ use crate::oci::{Digest, Repository, Tag};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 
 /// Verified blobs by digest.
 pub trait BlobStore: Send + Sync {
@@ -40,6 +41,29 @@ pub trait BlobStore: Send + Sync {
 
     /// Remove a stored blob; `false` when it was not there.
     fn remove(&self, digest: &Digest) -> io::Result<bool>;
+
+    /// Every stored blob with its size.
+    fn list(&self) -> io::Result<Vec<(Digest, u64)>>;
+
+    /// Move a stored blob aside (it failed verification): it is no longer served, and kept
+    /// for inspection. Returns where it went, `None` when it was not there.
+    fn quarantine(&self, digest: &Digest) -> io::Result<Option<PathBuf>>;
+
+    /// Start a batch: blobs written and verified together, visible only once all of them
+    /// are published. Dropping the batch unpublished discards everything in it.
+    fn batch(&self) -> io::Result<Box<dyn Batch>>;
+}
+
+/// Blobs that become visible together or not at all (a bundle import).
+pub trait Batch: Send {
+    /// Write a blob into the batch; its writer verifies the digest on commit.
+    fn add(&mut self, digest: &Digest) -> io::Result<Box<dyn BlobWriter>>;
+    /// Whether the batch holds `digest` (committed).
+    fn contains(&self, digest: &Digest) -> bool;
+    /// Open a committed blob of the batch for reading.
+    fn open(&self, digest: &Digest) -> io::Result<Option<File>>;
+    /// Make every committed blob visible in the store.
+    fn publish(self: Box<Self>) -> io::Result<usize>;
 }
 
 /// A blob being written. Readers may follow it through [`BlobWriter::reader`] while it grows.
@@ -115,8 +139,16 @@ pub trait Index: Send + Sync {
     fn link(&self, repo: &Repository, digest: &Digest) -> Result<()>;
     /// Whether `digest` belongs to `repo`.
     fn is_linked(&self, repo: &Repository, digest: &Digest) -> Result<bool>;
+    /// Every tag record, in key order (registry, repository, tag).
+    fn all_tags(&self) -> Result<Vec<(Repository, Tag, TagRecord)>>;
     /// Note that content was just used (for eviction); cheap enough for every request.
     fn touch(&self, digest: &Digest) -> Result<()>;
+    /// When content was last used (milliseconds since the epoch), if ever recorded.
+    fn last_access(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Pinned image references (`registry/repo:tag` or `registry/repo@digest`), sorted.
+    fn pins(&self) -> Result<Vec<String>>;
+    /// Pin or unpin an image reference; returns whether it was pinned before.
+    fn set_pinned(&self, reference: &str, pinned: bool) -> Result<bool>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<()>;
 }

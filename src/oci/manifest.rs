@@ -6,6 +6,7 @@
 //! layer list of Docker schema 1), and never reject a manifest the upstream accepted.
 
 use super::digest::Digest;
+use super::platform::Platform;
 use serde::Deserialize;
 
 /// OCI image manifest.
@@ -40,6 +41,8 @@ pub struct Descriptor {
     /// Whether the descriptor lists `urls` (a non-distributable layer): registries accept
     /// such manifests without the blob being in the repository, so it proves nothing.
     pub foreign: bool,
+    /// The platform of an index child, when the index says.
+    pub platform: Option<Platform>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +68,8 @@ struct RawDescriptor {
     size: Option<u64>,
     #[serde(default)]
     urls: Vec<String>,
+    #[serde(default)]
+    platform: Option<Platform>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +90,7 @@ pub fn children(manifest: &[u8]) -> Option<Vec<Descriptor>> {
             size: d.size,
             is_manifest,
             foreign: !d.urls.is_empty(),
+            platform: d.platform,
         })
     };
     let mut out: Vec<Descriptor> = raw
@@ -101,6 +107,7 @@ pub fn children(manifest: &[u8]) -> Option<Vec<Descriptor>> {
             size: None,
             is_manifest: false,
             foreign: false,
+            platform: None,
         })
     }));
     Some(out)

@@ -217,6 +217,69 @@ impl fmt::Debug for Repository {
     }
 }
 
+/// A full image reference as users write it: `nginx:1.25`, `ghcr.io/org/app:v1`,
+/// `localhost:5000/app@sha256:…`. Parsed as Docker does: the first component is a registry
+/// when it has a dot or a port or is `localhost`; the tag defaults to `latest`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    /// Registry and repository (normalised for Docker Hub).
+    pub repo: Repository,
+    /// Tag or digest (a digest wins when both are given).
+    pub reference: Reference,
+}
+
+impl ImageRef {
+    /// Parse `s`, with `default` as the registry when it names none.
+    pub fn parse(s: &str, default: &Registry) -> Result<ImageRef, Error> {
+        let s = s.trim();
+        let s = s.strip_prefix("docker://").unwrap_or(s);
+        let (rest, digest) = match s.split_once('@') {
+            Some((n, d)) => (n, Some(d.parse::<Digest>()?)),
+            None => (s, None),
+        };
+        let (name, tag) = match rest.rfind(':') {
+            Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+            _ => (rest, None),
+        };
+        let (registry, path) = match name.split_once('/') {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.parse()?, path)
+            }
+            _ => (default.clone(), name),
+        };
+        let name: RepoName = path.parse()?;
+        let reference = match (digest, tag) {
+            (Some(d), _) => Reference::Digest(d),
+            (None, Some(t)) => Reference::Tag(t.parse()?),
+            (None, None) => Reference::Tag(Tag("latest".into())),
+        };
+        Ok(ImageRef {
+            repo: Repository {
+                name: name.normalized_for(&registry),
+                registry,
+            },
+            reference,
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reference {
+            Reference::Tag(t) => write!(f, "{}:{t}", self.repo),
+            Reference::Digest(d) => write!(f, "{}@{d}", self.repo),
+        }
+    }
+}
+
+impl fmt::Debug for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 macro_rules! text_impls {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -318,6 +381,43 @@ mod tests {
             "sha256:zz".parse::<Reference>().unwrap_err().code(),
             "DIGEST_INVALID"
         );
+    }
+
+    #[test]
+    fn image_references_parse_like_docker() {
+        let hub = Registry::docker_hub();
+        let p = |s: &str| ImageRef::parse(s, &hub).map(|r| r.to_string());
+        let d = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(p("nginx").unwrap(), "docker.io/library/nginx:latest");
+        assert_eq!(p("nginx:1.25").unwrap(), "docker.io/library/nginx:1.25");
+        assert_eq!(
+            p("docker.io/nginx:1.25").unwrap(),
+            "docker.io/library/nginx:1.25"
+        );
+        assert_eq!(p("ghcr.io/org/app:v1").unwrap(), "ghcr.io/org/app:v1");
+        assert_eq!(
+            p(&format!("ghcr.io/org/app@{d}")).unwrap(),
+            format!("ghcr.io/org/app@{d}")
+        );
+        assert_eq!(
+            p(&format!("org/app:v1@{d}")).unwrap(),
+            format!("docker.io/org/app@{d}")
+        );
+        assert_eq!(
+            p("localhost:5000/app").unwrap(),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            p("registry.local:5000/a/b:c").unwrap(),
+            "registry.local:5000/a/b:c"
+        );
+        assert_eq!(
+            p("docker://alpine:3.19").unwrap(),
+            "docker.io/library/alpine:3.19"
+        );
+        for bad in ["", "UPPER:1", "a:b:c", "ghcr.io/", "a@sha256:xyz", "a:-bad"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

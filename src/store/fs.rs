@@ -1,19 +1,22 @@
 //! [`FsStore`]: blobs as files named by digest under `<data>/blobs/sha256/<2 hex>/<64 hex>`,
-//! written through spools in `<data>/tmp/`.
+//! written through spools in `<data>/tmp/`; batches wait verified in `<data>/tmp/batch.*/`;
+//! blobs that failed verification are moved to `<data>/quarantine/`.
 
-use super::{BlobStore, BlobWriter, CommitError};
+use super::{Batch, BlobStore, BlobWriter, CommitError};
 use crate::oci::{Digest, Verifier};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The file-backed blob store.
-#[derive(Debug)]
+/// The file-backed blob store. Clones share everything.
+#[derive(Debug, Clone)]
 pub struct FsStore {
     blobs: PathBuf,
     tmp: PathBuf,
-    seq: AtomicU64,
+    quarantine: PathBuf,
+    seq: Arc<AtomicU64>,
 }
 
 impl FsStore {
@@ -30,7 +33,8 @@ impl FsStore {
         Ok(FsStore {
             blobs,
             tmp,
-            seq: AtomicU64::new(0),
+            quarantine: root.join("quarantine"),
+            seq: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -59,6 +63,71 @@ impl BlobStore for FsStore {
     }
 
     fn create(&self, digest: &Digest) -> io::Result<Box<dyn BlobWriter>> {
+        Ok(Box::new(self.writer(digest, self.path(digest))?))
+    }
+
+    fn remove(&self, digest: &Digest) -> io::Result<bool> {
+        match fs::remove_file(self.path(digest)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self) -> io::Result<Vec<(Digest, u64)>> {
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&self.blobs)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(digest) = name
+                    .to_str()
+                    .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok())
+                else {
+                    continue;
+                };
+                out.push((digest, entry.metadata()?.len()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn quarantine(&self, digest: &Digest) -> io::Result<Option<PathBuf>> {
+        fs::create_dir_all(&self.quarantine)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let target = self
+            .quarantine
+            .join(format!("sha256-{}-{stamp}", digest.hex()));
+        match fs::rename(self.path(digest), &target) {
+            Ok(()) => Ok(Some(target)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn batch(&self) -> io::Result<Box<dyn Batch>> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let dir = self.tmp.join(format!("batch.{}.{n}", std::process::id()));
+        fs::create_dir(&dir)?;
+        Ok(Box::new(FsBatch {
+            store: self.clone(),
+            dir,
+            published: false,
+        }))
+    }
+}
+
+impl FsStore {
+    /// A writer that, on commit, verifies and renames into `target`.
+    fn writer(&self, digest: &Digest, target: PathBuf) -> io::Result<FsWriter> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let spool = self
             .tmp
@@ -67,22 +136,72 @@ impl BlobStore for FsStore {
             .write(true)
             .create_new(true)
             .open(&spool)?;
-        Ok(Box::new(FsWriter {
+        Ok(FsWriter {
             file,
             spool,
-            target: self.path(digest),
+            target,
             expected: digest.clone(),
             verifier: Verifier::new(),
             written: 0,
             committed: false,
-        }))
+        })
+    }
+}
+
+/// Verified blobs waiting in `tmp/batch.*/` until all are published.
+struct FsBatch {
+    store: FsStore,
+    dir: PathBuf,
+    published: bool,
+}
+
+impl Batch for FsBatch {
+    fn add(&mut self, digest: &Digest) -> io::Result<Box<dyn BlobWriter>> {
+        Ok(Box::new(
+            self.store.writer(digest, self.dir.join(digest.hex()))?,
+        ))
     }
 
-    fn remove(&self, digest: &Digest) -> io::Result<bool> {
-        match fs::remove_file(self.path(digest)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+    fn contains(&self, digest: &Digest) -> bool {
+        self.dir.join(digest.hex()).is_file()
+    }
+
+    fn open(&self, digest: &Digest) -> io::Result<Option<File>> {
+        match File::open(self.dir.join(digest.hex())) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    fn publish(mut self: Box<Self>) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(digest) = entry
+                .file_name()
+                .to_str()
+                .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let target = self.store.path(&digest);
+            let shard = target.parent().expect("blob paths have a shard directory");
+            fs::create_dir_all(shard)?;
+            fs::rename(entry.path(), &target)?;
+            File::open(shard)?.sync_all()?;
+            n += 1;
+        }
+        self.published = true;
+        let _ = fs::remove_dir_all(&self.dir);
+        Ok(n)
+    }
+}
+
+impl Drop for FsBatch {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -193,6 +312,36 @@ mod tests {
         fs::write(s.tmp.join("leftover"), b"junk").unwrap();
         let s = FsStore::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(&s.tmp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn batches_publish_all_or_nothing() {
+        let (_d, s) = store();
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        {
+            let mut batch = s.batch().unwrap();
+            let mut w = batch.add(&a).unwrap();
+            w.write(b"a").unwrap();
+            w.commit().unwrap();
+            assert!(batch.contains(&a));
+            assert_eq!(s.stat(&a).unwrap(), None, "not visible before publish");
+        }
+        assert_eq!(s.stat(&a).unwrap(), None, "a dropped batch leaves nothing");
+        assert_eq!(fs::read_dir(&s.tmp).unwrap().count(), 0);
+        let mut batch = s.batch().unwrap();
+        for (d, bytes) in [(&a, b"a"), (&b, b"b")] {
+            let mut w = batch.add(d).unwrap();
+            w.write(bytes).unwrap();
+            w.commit().unwrap();
+        }
+        let mut bad = batch.add(&a).unwrap();
+        bad.write(b"not a").unwrap();
+        assert!(bad.commit().is_err(), "batch writers verify too");
+        assert_eq!(batch.publish().unwrap(), 2);
+        assert_eq!(s.list().unwrap().len(), 2);
+        let q = s.quarantine(&a).unwrap().unwrap();
+        assert!(q.is_file() && s.stat(&a).unwrap().is_none());
+        assert_eq!(s.list().unwrap(), vec![(b.clone(), 1)]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! blobs  digest                        -> BlobInfo (JSON)
 //! links  registry \0 repo \0 digest    -> ""
 //! access digest                        -> last use, ms since epoch (u64 big-endian)
+//! pins   image reference               -> ""
 //! ```
 //! sled promises no stable on-disk format, so the schema version is checked at open; the
 //! trait stays narrow so another engine could replace this file alone.
@@ -31,6 +32,7 @@ pub struct SledIndex {
     blobs: sled::Tree,
     links: sled::Tree,
     access: sled::Tree,
+    pins: sled::Tree,
     touched: Mutex<HashMap<Digest, u64>>,
 }
 
@@ -62,6 +64,7 @@ impl SledIndex {
             blobs: db.open_tree("blobs").map_err(err)?,
             links: db.open_tree("links").map_err(err)?,
             access: db.open_tree("access").map_err(err)?,
+            pins: db.open_tree("pins").map_err(err)?,
             db,
             touched: Mutex::new(HashMap::new()),
         })
@@ -159,6 +162,55 @@ impl Index for SledIndex {
         Ok(())
     }
 
+    fn all_tags(&self) -> Result<Vec<(Repository, Tag, TagRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.tags.iter() {
+            let (k, v) = kv.map_err(err)?;
+            let key = String::from_utf8_lossy(&k);
+            let mut parts = key.split('\0');
+            let (Some(r), Some(n), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(registry), Ok(name), Ok(tag)) = (r.parse(), n.parse(), t.parse()) else {
+                continue;
+            };
+            let record: TagRecord = serde_json::from_slice(&v).map_err(err)?;
+            out.push((Repository { registry, name }, tag, record));
+        }
+        Ok(out)
+    }
+
+    fn last_access(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self
+            .access
+            .get(digest.to_string().as_bytes())
+            .map_err(err)?
+            .and_then(|v| {
+                let bytes: [u8; 8] = v.as_ref().try_into().ok()?;
+                Some(u64::from_be_bytes(bytes))
+            }))
+    }
+
+    fn pins(&self) -> Result<Vec<String>> {
+        self.pins
+            .iter()
+            .keys()
+            .map(|k| {
+                k.map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .map_err(err)
+            })
+            .collect()
+    }
+
+    fn set_pinned(&self, reference: &str, pinned: bool) -> Result<bool> {
+        let before = if pinned {
+            self.pins.insert(reference, &[]).map_err(err)?
+        } else {
+            self.pins.remove(reference).map_err(err)?
+        };
+        Ok(before.is_some())
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush().map_err(err)?;
         Ok(())
@@ -210,6 +262,25 @@ mod tests {
         idx.set_blob_info(&rec.digest, &info).unwrap();
         assert_eq!(idx.blob_info(&rec.digest).unwrap(), Some(info));
         idx.touch(&rec.digest).unwrap();
+        assert!(idx.last_access(&rec.digest).unwrap().is_some());
+        assert_eq!(
+            idx.all_tags().unwrap(),
+            vec![(hub.clone(), t.clone(), rec.clone())]
+        );
+        assert!(
+            !idx.set_pinned("docker.io/library/nginx:latest", true)
+                .unwrap()
+        );
+        assert!(
+            idx.set_pinned("docker.io/library/nginx:latest", true)
+                .unwrap()
+        );
+        assert_eq!(idx.pins().unwrap(), vec!["docker.io/library/nginx:latest"]);
+        assert!(
+            idx.set_pinned("docker.io/library/nginx:latest", false)
+                .unwrap()
+        );
+        assert!(idx.pins().unwrap().is_empty());
         idx.remove_tag(&hub, &t).unwrap();
         assert_eq!(idx.tag(&hub, &t).unwrap(), None);
         idx.flush().unwrap();

@@ -1,0 +1,199 @@
+//! What the cache holds, image by image: each tag's manifest and everything it reaches
+//! (child manifests, configs, layers), which of it is stored, per platform, its size, last
+//! use and pins. Read-only over the store and index; `cache ls`, export, eviction, gc and the
+//! preload readiness report are built on it.
+
+use crate::error::{Error, Result};
+use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, Repository, children};
+use crate::store::{BlobStore, Index};
+use std::collections::{BTreeSet, HashSet};
+use std::io::Read;
+
+/// One platform of an image (or the only one, for a single manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformState {
+    /// The platform, when an index names it.
+    pub platform: Option<Platform>,
+    /// Its manifest.
+    pub manifest: Digest,
+    /// Whether its manifest, config and every layer are stored.
+    pub complete: bool,
+}
+
+/// Everything reachable from a manifest.
+#[derive(Debug, Clone, Default)]
+pub struct Closure {
+    /// Stored digests: manifests, configs, layers.
+    pub stored: BTreeSet<Digest>,
+    /// Digests named but not stored.
+    pub missing: BTreeSet<Digest>,
+    /// Per platform (an index's children), or one entry for a single manifest.
+    pub platforms: Vec<PlatformState>,
+}
+
+impl Closure {
+    /// Bytes of what is stored.
+    pub fn size(&self, store: &dyn BlobStore) -> u64 {
+        self.stored
+            .iter()
+            .filter_map(|d| store.stat(d).ok().flatten())
+            .sum()
+    }
+
+    /// Whether at least one platform can be pulled completely.
+    pub fn usable(&self) -> bool {
+        self.platforms.iter().any(|p| p.complete)
+    }
+}
+
+/// Read a stored manifest (bounded), `None` when it is not stored.
+pub fn read_manifest(store: &dyn BlobStore, digest: &Digest) -> Result<Option<Vec<u8>>> {
+    let Some(file) = store.open(digest)? else {
+        return Ok(None);
+    };
+    let mut buf = Vec::new();
+    file.take(crate::oci::manifest::MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}
+
+/// Everything `root` reaches that is (or is not) stored. With `platforms`, an index's
+/// children for other platforms are left out.
+pub fn closure(
+    store: &dyn BlobStore,
+    root: &Digest,
+    platforms: Option<&[Platform]>,
+) -> Result<Closure> {
+    let mut c = Closure::default();
+    let Some(bytes) = read_manifest(store, root)? else {
+        c.missing.insert(root.clone());
+        c.platforms.push(PlatformState {
+            platform: None,
+            manifest: root.clone(),
+            complete: false,
+        });
+        return Ok(c);
+    };
+    c.stored.insert(root.clone());
+    let kids = children(&bytes).unwrap_or_default();
+    if kids.iter().any(|k| k.is_manifest) {
+        for child in kids.iter().filter(|k| k.is_manifest) {
+            let wanted = match (platforms, &child.platform) {
+                (Some(list), Some(p)) => list.iter().any(|w| p.satisfies(w)),
+                _ => true,
+            };
+            if !wanted {
+                continue;
+            }
+            let sub = closure(store, &child.digest, None)?;
+            let complete = sub.missing.is_empty();
+            c.stored.extend(sub.stored);
+            c.missing.extend(sub.missing);
+            c.platforms.push(PlatformState {
+                platform: child.platform.clone(),
+                manifest: child.digest.clone(),
+                complete,
+            });
+        }
+    } else {
+        for blob in kids.iter().filter(|k| !k.foreign) {
+            if store.stat(&blob.digest)?.is_some() {
+                c.stored.insert(blob.digest.clone());
+            } else {
+                c.missing.insert(blob.digest.clone());
+            }
+        }
+        c.platforms.push(PlatformState {
+            platform: None,
+            manifest: root.clone(),
+            complete: c.missing.is_empty(),
+        });
+    }
+    Ok(c)
+}
+
+/// One tagged image in the cache.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// `registry/repo:tag`.
+    pub reference: ImageRef,
+    /// The manifest the tag points at.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// What it reaches.
+    pub closure: Closure,
+    /// Bytes stored for it (shared blobs counted in every image that uses them).
+    pub size: u64,
+    /// When its manifest was last served (ms since the epoch).
+    pub last_access_ms: Option<u64>,
+    /// When the upstream last confirmed the tag (ms since the epoch).
+    pub fetched_at_ms: u64,
+    /// Whether a pin covers it.
+    pub pinned: bool,
+}
+
+/// Every tagged image, in registry/repository/tag order.
+pub fn images(store: &dyn BlobStore, index: &dyn Index) -> Result<Vec<Image>> {
+    let pins: HashSet<String> = index.pins()?.into_iter().collect();
+    let mut out = Vec::new();
+    for (repo, tag, rec) in index.all_tags()? {
+        let closure = closure(store, &rec.digest, None)?;
+        let reference = ImageRef {
+            repo: repo.clone(),
+            reference: Reference::Tag(tag),
+        };
+        let by_digest = ImageRef {
+            repo,
+            reference: Reference::Digest(rec.digest.clone()),
+        };
+        out.push(Image {
+            pinned: pins.contains(&reference.to_string()) || pins.contains(&by_digest.to_string()),
+            size: closure.size(store),
+            last_access_ms: index.last_access(&rec.digest)?,
+            fetched_at_ms: rec.fetched_at_ms,
+            digest: rec.digest,
+            media_type: rec.media_type,
+            closure,
+            reference,
+        });
+    }
+    Ok(out)
+}
+
+/// The manifest digest a reference names in the cache: a digest as is, a tag through its
+/// record. `None` when the tag is unknown.
+pub fn resolve(index: &dyn Index, reference: &ImageRef) -> Result<Option<Digest>> {
+    match &reference.reference {
+        Reference::Digest(d) => Ok(Some(d.clone())),
+        Reference::Tag(t) => Ok(index.tag(&reference.repo, t)?.map(|r| r.digest)),
+    }
+}
+
+/// Every digest a pin protects: the closures of all pinned references.
+pub fn pinned_digests(store: &dyn BlobStore, index: &dyn Index) -> Result<HashSet<Digest>> {
+    let mut out = HashSet::new();
+    for pin in index.pins()? {
+        let Ok(reference) = ImageRef::parse(&pin, &Registry::docker_hub()) else {
+            continue;
+        };
+        if let Some(root) = resolve(index, &reference)? {
+            let c = closure(store, &root, None)?;
+            out.extend(c.stored);
+            out.extend(c.missing);
+        }
+    }
+    Ok(out)
+}
+
+/// The repository a digest-only reference belongs to is not known from the digest: callers
+/// that need one take it from the reference. This names the error for a reference the cache
+/// does not hold.
+pub fn not_cached(reference: &ImageRef) -> Error {
+    Error::ManifestUnknown(format!("{reference} is not in the cache"))
+}
+
+/// Whether `repo` is where `reference` points (for filters).
+pub fn same_repo(reference: &ImageRef, repo: &Repository) -> bool {
+    &reference.repo == repo
+}
