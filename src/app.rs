@@ -1,9 +1,16 @@
-//! Composition root: builds the store, index, upstreams, cache and server from a [`Config`],
-//! runs them, and shuts them down gracefully. The only module naming concrete types.
+//! Composition root: builds the store, index, upstreams and cache from a [`Config`], runs the
+//! registry and admin listeners (and eviction), and shuts everything down gracefully. The only
+//! module naming concrete types.
 
+mod advert;
+
+pub use advert::{Advert, read_advert};
+
+use crate::api::admin::Admin;
 use crate::api::{State, route::Router, server};
 use crate::cache::{Cache, Settings};
 use crate::config::Config;
+use crate::gc::{self, Cap};
 use crate::oci::Registry;
 use crate::store::{fs::FsStore, index::SledIndex};
 use crate::upstream::{Entry, Upstreams, client::HttpUpstream};
@@ -12,37 +19,50 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A started server.
+/// A started airlock (or an embedded engine, for CLI commands when no server runs).
 pub struct Running {
-    /// The address it listens on (useful with port 0).
+    /// The registry API address (`None` for an embedded engine).
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    /// The admin API address.
+    pub admin_addr: SocketAddr,
+    /// The admin token.
+    pub token: String,
+    /// The cache (for embedded engines and tests).
+    pub cache: Cache,
+    stop: Option<watch::Sender<bool>>,
+    tasks: Vec<JoinHandle<()>>,
+    advert: Option<advert::Written>,
 }
 
 impl Running {
     /// Stop accepting, drain in-flight requests (bounded), flush the index.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        let _ = (&mut self.task).await;
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+        if let Err(e) = self.cache.index().flush() {
+            tracing::error!(error = %e, "could not flush the index");
+        }
+        drop(self.advert.take());
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
     }
 }
 
-/// Build everything and start serving; returns once the listener is bound.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+/// Open the data directory and build the cache over it.
+fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     let data = &config.storage.path;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
@@ -51,19 +71,42 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let index = SledIndex::open(&data.join("index"))?;
     let store = FsStore::open(data)
         .with_context(|| format!("cannot use the data directory {}", data.display()))?;
-    let upstreams = upstreams(&config)?;
-    let cache = Cache::new(
+    Ok(Cache::new(
         Arc::new(store),
         Arc::new(index),
-        upstreams,
+        upstreams(config)?,
         Settings {
             memory_bytes: config.cache.memory.0,
             fill_timeout: config.storage.fill_timeout,
         },
-    );
+    ))
+}
+
+fn cap(config: &Config) -> Option<Cap> {
+    let s = &config.storage;
+    s.max_size.map(|m| Cap {
+        max: m.0,
+        high: s.high_watermark,
+        low: s.low_watermark,
+    })
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+/// Build everything and start serving the registry and admin APIs; returns once both
+/// listeners are bound.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let cache = build_cache(&config)?;
     let default: Registry = config.server.default_registry.parse()?;
-    if !cache.upstreams().contains(&default) && !config.upstream.is_empty() {
+    if !config.upstream.is_empty() && !cache.upstreams().contains(&default) {
         tracing::warn!(registry = %default, "server.default_registry has no [[upstream]]: requests without a registry can only be answered from the cache");
+    }
+    if config.server.offline {
+        tracing::warn!("offline: no upstream will be contacted; only cached content is served");
     }
     let tls = config
         .server
@@ -71,38 +114,121 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .as_ref()
         .map(crate::api::tls::acceptor)
         .transpose()?;
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
-    let addr = listener.local_addr()?;
+    let listener = bind(config.server.listen, "server.listen").await?;
+    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+    let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
+    let token = advert::token()?;
+    let advert = advert::write(&config.storage.path, admin_addr, &token)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, %scheme, data = %data.display(), "airlock is serving the registry API");
+    tracing::info!(%addr, %scheme, admin = %admin_addr, data = %config.storage.path.display(), "airlock is serving the registry API");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grace = config.server.shutdown_timeout;
     let state = Arc::new(State {
         cache: cache.clone(),
-        router: Router::new(default, aliases(&config)?),
+        router: Router::new(default.clone(), aliases(&config)?),
     });
-    let (tx, rx) = oneshot::channel::<()>();
-    let grace = config.server.shutdown_timeout;
-    let task = tokio::spawn(async move {
-        server::serve(
+    let admin = Arc::new(Admin {
+        cache: cache.clone(),
+        token: token.clone(),
+        default_registry: default,
+        cap: cap(&config),
+    });
+    let mut tasks = vec![
+        tokio::spawn(server::serve(
             listener,
             tls,
             state,
-            async {
-                let _ = rx.await;
-            },
+            stopped(stop_rx.clone()),
             grace,
-        )
-        .await;
-        if let Err(e) = cache.index().flush() {
-            tracing::error!(error = %e, "could not flush the index");
-        }
-    });
+        )),
+        tokio::spawn(server::serve(
+            admin_listener,
+            None,
+            admin,
+            stopped(stop_rx.clone()),
+            grace,
+        )),
+    ];
+    if let Some(cap) = cap(&config) {
+        tasks.push(tokio::spawn(evict_periodically(
+            cache.clone(),
+            cap,
+            config.storage.eviction_interval,
+            stop_rx,
+        )));
+    }
     Ok(Running {
         addr,
-        stop: Some(tx),
-        task,
+        admin_addr,
+        token,
+        cache,
+        stop: Some(stop_tx),
+        tasks,
+        advert: Some(advert),
     })
+}
+
+/// An engine for a CLI command when no server runs on the data directory: the cache and an
+/// admin API on an ephemeral localhost port, nothing else.
+pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
+    let cache = build_cache(&config)?;
+    let default: Registry = config.server.default_registry.parse()?;
+    let admin_listener = bind(([127, 0, 0, 1], 0).into(), "an embedded admin port").await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let token = advert::token()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin = Arc::new(Admin {
+        cache: cache.clone(),
+        token: token.clone(),
+        default_registry: default,
+        cap: cap(&config),
+    });
+    let grace = config.server.shutdown_timeout;
+    let tasks = vec![tokio::spawn(server::serve(
+        admin_listener,
+        None,
+        admin,
+        stopped(stop_rx),
+        grace,
+    ))];
+    Ok(Running {
+        addr: admin_addr,
+        admin_addr,
+        token,
+        cache,
+        stop: Some(stop_tx),
+        tasks,
+        advert: None,
+    })
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn evict_periodically(
+    cache: Cache,
+    cap: Cap,
+    every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match gc::evict(&cache, cap).await {
+            Ok(r) if r.blobs > 0 => tracing::info!(
+                images = r.images.len(),
+                blobs = r.blobs,
+                bytes = r.bytes,
+                "evicted least recently used content"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "eviction failed"),
+        }
+    }
 }
 
 fn upstreams(config: &Config) -> anyhow::Result<Upstreams> {
@@ -127,12 +253,14 @@ fn upstreams(config: &Config) -> anyhow::Result<Upstreams> {
             Entry {
                 upstream: Arc::new(client),
                 tag_ttl: u.tag_ttl,
+                stale_timeout: u.stale_timeout,
             },
         );
     }
     Ok(Upstreams::new(
         entries,
         config.server.default_registry.parse()?,
+        config.server.offline,
     ))
 }
 

@@ -13,6 +13,7 @@ mod blobs;
 mod fill;
 mod flights;
 mod hot;
+mod inuse;
 mod manifests;
 mod reader;
 mod tags;
@@ -101,6 +102,7 @@ struct Inner {
     upstreams: Upstreams,
     hot: hot::Hot,
     fills: fill::Fills,
+    in_use: inuse::InUse,
     flights: flights::Flights<manifests::FlightKey, ManifestAnswer>,
     settings: Settings,
 }
@@ -117,6 +119,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 hot: hot::Hot::new(settings.memory_bytes),
                 fills: fill::Fills::default(),
+                in_use: inuse::InUse::default(),
                 flights: flights::Flights::default(),
                 store,
                 index,
@@ -131,9 +134,33 @@ impl Cache {
         &self.inner.upstreams
     }
 
-    /// The index (to flush it on shutdown).
+    /// The index (to flush it on shutdown, and for the cache operations).
     pub fn index(&self) -> &Arc<dyn Index> {
         &self.inner.index
+    }
+
+    /// The blob store (for the cache operations: export, import, eviction, verify).
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.store
+    }
+
+    /// Whether a client is being served `digest` right now (eviction leaves it alone).
+    pub fn in_use(&self, digest: &Digest) -> bool {
+        self.inner.in_use.contains(digest)
+    }
+
+    /// Forget what memory holds about `digest` (after it was removed or quarantined).
+    pub async fn forget(&self, digest: &Digest) {
+        self.inner.hot.manifests.invalidate(digest).await;
+    }
+
+    /// Forget what memory holds about a tag (after it was removed).
+    pub async fn forget_tag_answer(&self, repo: &Repository, tag: &crate::oci::Tag) {
+        self.inner
+            .hot
+            .tags
+            .invalidate(&(repo.clone(), tag.clone()))
+            .await;
     }
 
     fn upstream(&self, repo: &Repository) -> Result<&Entry> {

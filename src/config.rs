@@ -37,6 +37,9 @@ pub struct Config {
     /// Credential sources shared by all upstreams.
     #[serde(default)]
     pub credentials: CredentialsConfig,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// One entry per upstream registry. Default: Docker Hub only.
     #[serde(default = "default_upstreams")]
     pub upstream: Vec<UpstreamConfig>,
@@ -55,6 +58,25 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate instead of plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Never contact an upstream: answer from the cache only.
+    pub offline: bool,
+}
+
+/// `[admin]`: the local listener for metrics, health and the cache commands.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener (keep it on localhost: `/admin` needs the token in the
+    /// data directory, `/metrics` and health checks need nothing).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: ([127, 0, 0, 1], 5001).into(),
+        }
+    }
 }
 
 /// `[server.tls]`
@@ -116,6 +138,7 @@ impl Default for ServerConfig {
             default_registry: "docker.io".into(),
             shutdown_timeout: Duration::from_secs(30),
             tls: None,
+            offline: false,
         }
     }
 }
@@ -130,6 +153,15 @@ pub struct StorageConfig {
     /// started it has gone.
     #[serde(with = "humantime_serde")]
     pub fill_timeout: Duration,
+    /// Size cap of the cache on disk; none when unset.
+    pub max_size: Option<ByteSize>,
+    /// Eviction starts above this fraction of `max_size`…
+    pub high_watermark: f64,
+    /// …and removes least recently used content until usage is below this fraction.
+    pub low_watermark: f64,
+    /// How often usage is checked against the cap.
+    #[serde(with = "humantime_serde")]
+    pub eviction_interval: Duration,
 }
 
 impl Default for StorageConfig {
@@ -137,6 +169,10 @@ impl Default for StorageConfig {
         StorageConfig {
             path: default_data_dir(),
             fill_timeout: Duration::from_secs(3600),
+            max_size: None,
+            high_watermark: 0.95,
+            low_watermark: 0.85,
+            eviction_interval: Duration::from_secs(30),
         }
     }
 }
@@ -198,6 +234,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             log: LogConfig::default(),
             credentials: CredentialsConfig::default(),
+            admin: AdminConfig::default(),
             upstream: default_upstreams(),
         }
     }
@@ -358,6 +395,20 @@ impl Config {
                 }
                 aliases.push(a.clone());
             }
+        }
+        let s = &self.storage;
+        if !(0.0 < s.low_watermark && s.low_watermark < s.high_watermark && s.high_watermark <= 1.0)
+        {
+            return bad(
+                "storage.low_watermark".into(),
+                "need 0 < low_watermark < high_watermark <= 1".into(),
+            );
+        }
+        if s.max_size.is_some_and(|m| m.0 < (1 << 20)) {
+            return bad(
+                "storage.max_size".into(),
+                "a cache smaller than 1 MiB cannot hold an image".into(),
+            );
         }
         if let Some(tls) = &self.server.tls {
             for (k, f) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {

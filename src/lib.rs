@@ -6,11 +6,15 @@
 
 pub mod api;
 pub mod app;
+pub mod bundle;
 pub mod cache;
 pub mod client_config;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod inventory;
 pub mod oci;
+pub mod preload;
+pub mod progress;
 pub mod store;
 pub mod upstream;

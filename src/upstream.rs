@@ -2,6 +2,7 @@
 //! registry host ([`Upstreams`]), and the HTTP implementation (`client`, `auth`).
 
 pub mod auth;
+pub mod breaker;
 pub mod client;
 pub mod credentials;
 
@@ -63,6 +64,8 @@ pub struct Entry {
     pub upstream: Arc<dyn Upstream>,
     /// How long its tag answers stay fresh.
     pub tag_ttl: Duration,
+    /// How long a client waits on a revalidation when a stale answer is at hand.
+    pub stale_timeout: Duration,
 }
 
 /// The configured upstreams by registry host, and the default registry for bare paths.
@@ -70,12 +73,23 @@ pub struct Entry {
 pub struct Upstreams {
     entries: HashMap<Registry, Entry>,
     default: Registry,
+    offline: bool,
 }
 
 impl Upstreams {
-    /// Upstreams by registry; `default` is where requests naming no registry go.
-    pub fn new(entries: HashMap<Registry, Entry>, default: Registry) -> Upstreams {
-        Upstreams { entries, default }
+    /// Upstreams by registry; `default` is where requests naming no registry go. When
+    /// `offline`, no upstream is ever contacted.
+    pub fn new(entries: HashMap<Registry, Entry>, default: Registry, offline: bool) -> Upstreams {
+        Upstreams {
+            entries,
+            default,
+            offline,
+        }
+    }
+
+    /// Whether airlock runs offline.
+    pub fn offline(&self) -> bool {
+        self.offline
     }
 
     /// The registry for requests that name none.
@@ -90,6 +104,12 @@ impl Upstreams {
 
     /// The upstream for `registry`, or an error naming it. Never a silent fallback elsewhere.
     pub fn get(&self, registry: &Registry) -> Result<&Entry> {
+        if self.offline {
+            return Err(Error::UpstreamUnavailable {
+                registry: registry.to_string(),
+                message: "airlock runs offline: only cached content is served".into(),
+            });
+        }
         self.entries.get(registry).ok_or_else(|| {
             Error::NameUnknown(format!(
                 "no upstream is configured for registry {registry}: add an [[upstream]] with registry = \"{registry}\""

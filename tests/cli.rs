@@ -24,6 +24,8 @@ fn airlock(args: &[&str]) -> Command {
             c.env_remove(k);
         }
     }
+    // Tests run side by side: each admin API on a port of its own (the default is 5001).
+    c.env("AIRLOCK_ADMIN__LISTEN", "127.0.0.1:0");
     c
 }
 

@@ -48,7 +48,7 @@ async fn start(config: &str, path_extra: Option<&Path>) -> (Child, u16, tempfile
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n{config}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{config}",
             data.display()
         ),
     )

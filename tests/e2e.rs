@@ -49,7 +49,7 @@ async fn site() -> &'static Site {
         push::push(&hub.url(), "library/alpine", &["3.19"], &alpine).await;
         push::push(&ghcr_storage.url(), "org/app", &["v1"], &ghcr_app).await;
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\n\n[[upstream]]\nregistry = \"ghcr.io\"\nurl = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\n\n[[upstream]]\nregistry = \"ghcr.io\"\nurl = \"{}\"\n",
             hub.url(),
             ghcr.url()
         );

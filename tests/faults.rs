@@ -94,6 +94,8 @@ async fn errors_upstream_become_oci_errors_for_uncached_content() {
     up.add_artifact("fault/u", "v1", &img);
     let mut cfg = config(vec![upstream("docker.io", &up.url())]);
     cfg.upstream[0].request_timeout = Duration::from_secs(1);
+    // One failure after another on purpose: the circuit breaker has its own test.
+    cfg.upstream[0].failure_threshold = 100;
     let airlock = Airlock::start(cfg).await;
     let get = |path: String| {
         client()
@@ -134,6 +136,7 @@ async fn when_the_upstream_fails_the_last_known_tag_answer_is_served() {
     let mut cfg = config(vec![upstream("docker.io", &up.url())]);
     cfg.upstream[0].tag_ttl = Duration::ZERO;
     cfg.upstream[0].request_timeout = Duration::from_secs(1);
+    cfg.upstream[0].failure_threshold = 100;
     let airlock = Airlock::start(cfg).await;
     let get = || {
         client()

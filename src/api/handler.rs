@@ -26,9 +26,18 @@ pub struct State {
 const API_VERSION: &str = "docker-distribution-api-version";
 const CONTENT_DIGEST: &str = "docker-content-digest";
 
+impl super::server::Handle for State {
+    fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        self.answer_logged(req)
+    }
+}
+
 impl State {
     /// Answer one request. Never fails: errors become OCI error responses.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    pub async fn answer_logged<B>(&self, req: Request<B>) -> Response<Body> {
         let start = Instant::now();
         let head = req.method() == Method::HEAD;
         let path = req

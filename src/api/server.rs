@@ -2,7 +2,7 @@
 //! ALPN), with graceful shutdown: stop accepting, let in-flight requests finish within a
 //! bound, then cut them.
 
-use super::handler::State;
+use super::body::Body;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,15 +19,24 @@ use tokio_rustls::TlsAcceptor;
 /// headers reach the handler and get an OCI error rather than a bare 431.
 const MAX_BUF: usize = 1 << 20;
 
+/// Something that answers requests: the registry API, the admin API.
+pub trait Handle: Send + Sync + 'static {
+    /// Answer one request (errors are answers too).
+    fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+    ) -> impl Future<Output = hyper::Response<Body>> + Send;
+}
+
 /// How long a client may take over the TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Serve `listener` (over TLS when `tls` is set) until `shutdown` resolves, then drain for at
 /// most `grace`.
-pub async fn serve(
+pub async fn serve<H: Handle>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    state: Arc<State>,
+    state: Arc<H>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
@@ -88,11 +97,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serve one connection (HTTP/1.1, or HTTP/2 by preface or ALPN) until it closes or the
 /// server shuts down.
-async fn connection<I>(
+async fn connection<I, H: Handle>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
     io: I,
-    state: Arc<State>,
+    state: Arc<H>,
 ) -> Result<(), BoxError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

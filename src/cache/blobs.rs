@@ -55,7 +55,7 @@ impl Cache {
                         Outcome::Coalesced
                     };
                     return Ok(BlobAnswer {
-                        source: BlobSource::Filling(fill),
+                        source: BlobSource::filling(fill, inner.in_use.hold(digest)),
                         outcome,
                     });
                 }
@@ -98,7 +98,7 @@ impl Cache {
         let size = file.metadata()?.len();
         let _ = inner.index.touch(digest);
         Ok(Some(BlobAnswer {
-            source: BlobSource::Stored(Arc::new(file), size),
+            source: BlobSource::stored(Arc::new(file), size, inner.in_use.hold(digest)),
             outcome: Outcome::Hit,
         }))
     }

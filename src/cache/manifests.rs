@@ -33,16 +33,54 @@ impl Cache {
                 outcome: Outcome::Hit,
             });
         }
+        let stale = self.stale_answer(repo, reference, accept).await?;
         let accept: Vec<String> = accept.iter().map(|s| s.to_string()).collect();
         let key = (repo.clone(), reference.clone(), accept.join(", "));
         let (this, repo2, reference2) = (self.clone(), repo.clone(), reference.clone());
         let work = async move { this.manifest_slow(&repo2, &reference2, &accept).await };
-        let (result, joined) = self.inner.flights.run(key, work).await;
+        let flight = self.inner.flights.run(key, work);
+        // With a stale answer at hand a slow upstream does not hold the client: it gets the
+        // stale answer after stale_timeout, and the revalidation goes on in its own task.
+        let (result, joined) = match (stale, self.upstream(repo).map(|e| e.stale_timeout)) {
+            (Some(m), Ok(wait)) => match tokio::time::timeout(wait, flight).await {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::warn!(%repo, %reference, ?wait, "upstream slow to revalidate: serving the last known tag answer");
+                    return Ok(ManifestAnswer {
+                        manifest: m,
+                        outcome: Outcome::Stale,
+                    });
+                }
+            },
+            _ => flight.await,
+        };
         let mut answer = result?;
         if joined && answer.outcome == Outcome::Miss {
             answer.outcome = Outcome::Coalesced;
         }
         Ok(answer)
+    }
+
+    /// The last known answer for a tag (stale: the fast path found it not fresh), if this
+    /// client accepts it and it is stored.
+    async fn stale_answer(
+        &self,
+        repo: &Repository,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<Option<Arc<Manifest>>> {
+        let Reference::Tag(tag) = reference else {
+            return Ok(None);
+        };
+        match self.tag_record(repo, tag).await? {
+            Some(rec)
+                if accepts(accept, &rec.media_type)
+                    && self.inner.index.is_linked(repo, &rec.digest)? =>
+            {
+                self.load_manifest(&rec.digest).await
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Answers that need no upstream at all: a known digest, a fresh tag.

@@ -3,6 +3,7 @@
 //! upstream body always ends the client's transfer with an error, never a clean end.
 
 use super::fill::{Fill, FillState};
+use super::inuse::Hold;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use std::fs::File;
@@ -17,9 +18,16 @@ const CHUNK: u64 = 512 << 10;
 /// A stream of blob bytes; an `Err` item means the transfer must be cut.
 pub type BlobStream = BoxStream<'static, io::Result<Bytes>>;
 
-/// Where a blob's bytes come from.
+/// Where a blob's bytes come from. It holds the blob in use (no eviction) until dropped, and
+/// so does every stream made from it.
 #[derive(Clone)]
-pub enum BlobSource {
+pub struct BlobSource {
+    kind: Kind,
+    hold: Arc<Hold>,
+}
+
+#[derive(Clone)]
+enum Kind {
     /// A verified file of this size.
     Stored(Arc<File>, u64),
     /// A fill in progress.
@@ -27,11 +35,27 @@ pub enum BlobSource {
 }
 
 impl BlobSource {
+    /// A verified file of `size` bytes.
+    pub fn stored(file: Arc<File>, size: u64, hold: Hold) -> BlobSource {
+        BlobSource {
+            kind: Kind::Stored(file, size),
+            hold: Arc::new(hold),
+        }
+    }
+
+    /// A fill in progress.
+    pub fn filling(fill: Arc<Fill>, hold: Hold) -> BlobSource {
+        BlobSource {
+            kind: Kind::Filling(fill),
+            hold: Arc::new(hold),
+        }
+    }
+
     /// Total size if known now.
     pub fn size(&self) -> Option<u64> {
-        match self {
-            BlobSource::Stored(_, n) => Some(*n),
-            BlobSource::Filling(f) => match &*f.state.borrow() {
+        match &self.kind {
+            Kind::Stored(_, n) => Some(*n),
+            Kind::Filling(f) => match &*f.state.borrow() {
                 FillState::Writing { size, .. } => *size,
                 FillState::Done(n) => Some(*n),
                 _ => None,
@@ -39,32 +63,46 @@ impl BlobSource {
         }
     }
 
+    /// Bytes available so far (all of them for a stored blob).
+    pub fn written(&self) -> u64 {
+        match &self.kind {
+            Kind::Stored(_, n) => *n,
+            Kind::Filling(f) => match &*f.state.borrow() {
+                FillState::Writing { written, .. } => *written,
+                FillState::Done(n) => *n,
+                _ => 0,
+            },
+        }
+    }
+
     /// Wait until the bytes are verified and stored (for `Range` requests on a miss, which
-    /// must not see unverified bytes).
+    /// must not see unverified bytes, and for preloads).
     pub async fn verified(self) -> io::Result<BlobSource> {
-        match self {
-            BlobSource::Stored(..) => Ok(self),
-            BlobSource::Filling(fill) => {
-                let mut rx = fill.state.clone();
-                let done = rx
-                    .wait_for(|s| matches!(s, FillState::Done(_) | FillState::Failed(_)))
-                    .await
-                    .map_err(|_| io::Error::other("blob fetch ended unexpectedly"))?
-                    .clone();
-                match done {
-                    FillState::Done(n) => Ok(BlobSource::Stored(fill.file.clone(), n)),
-                    FillState::Failed(e) => Err(io::Error::other(e.to_string())),
-                    _ => unreachable!("waited for a final state"),
-                }
-            }
+        let fill = match &self.kind {
+            Kind::Stored(..) => return Ok(self),
+            Kind::Filling(fill) => fill.clone(),
+        };
+        let mut rx = fill.state.clone();
+        let done = rx
+            .wait_for(|s| matches!(s, FillState::Done(_) | FillState::Failed(_)))
+            .await
+            .map_err(|_| io::Error::other("blob fetch ended unexpectedly"))?
+            .clone();
+        match done {
+            FillState::Done(n) => Ok(BlobSource {
+                kind: Kind::Stored(fill.file.clone(), n),
+                hold: self.hold,
+            }),
+            FillState::Failed(e) => Err(io::Error::other(e.to_string())),
+            _ => unreachable!("waited for a final state"),
         }
     }
 
     /// The bytes `start..end` (`end` exclusive, `None` for the end of the blob).
     pub fn stream(self, start: u64, end: Option<u64>) -> BlobStream {
-        let (file, progress) = match self {
-            BlobSource::Stored(file, n) => (file, Progress::Fixed(n)),
-            BlobSource::Filling(fill) => (fill.file.clone(), Progress::Live(fill.state.clone())),
+        let (file, progress) = match self.kind {
+            Kind::Stored(file, n) => (file, Progress::Fixed(n)),
+            Kind::Filling(fill) => (fill.file.clone(), Progress::Live(fill.state.clone())),
         };
         let reader = Reader {
             file,
@@ -72,6 +110,7 @@ impl BlobSource {
             end,
             progress,
             finished: false,
+            _hold: self.hold,
         };
         stream::unfold(reader, |mut r| async move {
             r.next().await.map(|item| (item, r))
@@ -91,6 +130,7 @@ struct Reader {
     end: Option<u64>,
     progress: Progress,
     finished: bool,
+    _hold: Arc<Hold>,
 }
 
 impl Reader {

@@ -56,6 +56,33 @@ pub struct UpstreamConfig {
     /// Total time allowed for a manifest, tag list or token request.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// When a stale tag answer is known, how long a client waits for the upstream to
+    /// revalidate it before getting the stale answer (the revalidation goes on behind).
+    #[serde(default = "default_stale_timeout", with = "humantime_serde")]
+    pub stale_timeout: Duration,
+    /// Consecutive failures (unreachable, timeouts, 5xx, 429) that mark the upstream down.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// How long a down upstream is left alone before one request probes it; doubles while
+    /// probes fail, up to `max_backoff`.
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Upper bound of `backoff`.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+fn default_stale_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+fn default_backoff() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_tag_ttl() -> Duration {
@@ -101,6 +128,10 @@ impl UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             request_timeout: default_request_timeout(),
+            stale_timeout: default_stale_timeout(),
+            failure_threshold: default_failure_threshold(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! [`HttpUpstream::send`]: 404 is an answer, everything else that is not success an [`Error`].
 
 use super::auth::{Auth, Challenge};
+use super::breaker::{Breaker, Health};
 use super::credentials::CredentialProvider;
 use super::{BlobBody, FetchedManifest, Upstream};
 use crate::config::{CredentialsConfig, UpstreamConfig};
@@ -30,6 +31,7 @@ pub struct HttpUpstream {
     ns: Option<String>,
     http: reqwest::Client,
     auth: Auth,
+    breaker: Breaker,
     request_timeout: Duration,
 }
 
@@ -75,10 +77,21 @@ impl HttpUpstream {
                 http.clone(),
                 config.request_timeout,
             ),
+            breaker: Breaker::new(
+                &config.registry,
+                config.failure_threshold,
+                config.backoff,
+                config.max_backoff,
+            ),
             base,
             http,
             request_timeout: config.request_timeout,
         })
+    }
+
+    /// Up or down, as the circuit breaker sees it.
+    pub fn health(&self) -> Health {
+        self.breaker.health()
     }
 
     /// Where the credentials come from (for the start-up log).
@@ -175,8 +188,32 @@ impl HttpUpstream {
         }
     }
 
-    /// One request and its redirects. `Authorization` goes only to the registry's own origin.
+    /// One request through the breaker: refused at once while the upstream is marked down;
+    /// its outcome (answered, or unreachable/timed out/5xx/429) is recorded.
     async fn follow(
+        &self,
+        method: &Method,
+        url: Url,
+        accept: Option<&str>,
+        timeout: Option<Duration>,
+        auth: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response> {
+        self.breaker.admit()?;
+        let result = self.follow_hops(method, url, accept, timeout, auth).await;
+        match &result {
+            Ok(r)
+                if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                self.breaker.failure(&format!("answered {}", r.status()))
+            }
+            Ok(_) => self.breaker.success(),
+            Err(e) => self.breaker.failure(&e.to_string()),
+        }
+        result
+    }
+
+    /// One request and its redirects. `Authorization` goes only to the registry's own origin.
+    async fn follow_hops(
         &self,
         method: &Method,
         mut url: Url,

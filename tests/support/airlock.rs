@@ -27,6 +27,7 @@ pub fn upstream(registry: &str, url: &str) -> UpstreamConfig {
 pub fn config(upstreams: Vec<UpstreamConfig>) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().expect("addr");
+    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
     c.server.shutdown_timeout = Duration::from_secs(2);
     c.upstream = upstreams;
     c
