@@ -103,6 +103,7 @@ struct Inner {
     hot: hot::Hot,
     fills: fill::Fills,
     in_use: inuse::InUse,
+    maintenance: Arc<tokio::sync::Mutex<()>>,
     flights: flights::Flights<manifests::FlightKey, ManifestAnswer>,
     settings: Settings,
 }
@@ -120,6 +121,7 @@ impl Cache {
                 hot: hot::Hot::new(settings.memory_bytes),
                 fills: fill::Fills::default(),
                 in_use: inuse::InUse::default(),
+                maintenance: Arc::default(),
                 flights: flights::Flights::default(),
                 store,
                 index,
@@ -142,6 +144,12 @@ impl Cache {
     /// The blob store (for the cache operations: export, import, eviction, verify).
     pub fn store(&self) -> &Arc<dyn BlobStore> {
         &self.inner.store
+    }
+
+    /// Held by operations that add or remove content wholesale (import, eviction, purge,
+    /// collection), so one never removes what another counts on.
+    pub fn maintenance(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.maintenance.clone()
     }
 
     /// Whether a client is being served `digest` right now (eviction leaves it alone).

@@ -7,10 +7,17 @@
 //! never removes pinned content or a blob being served, and removes a shared blob only when
 //! no remaining image uses it.
 
+mod evict;
+mod refs;
+mod verify;
+
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::oci::ImageRef;
+use crate::inventory;
+use crate::oci::{Digest, ImageRef, Reference, Tag};
 use crate::progress::Progress;
+use crate::store::{BlobStore, Index};
+use refs::Snapshot;
 use serde::{Deserialize, Serialize};
 
 /// The size cap.
@@ -57,36 +64,168 @@ pub struct VerifyReport {
     pub corrupt: Vec<String>,
 }
 
-/// Current usage.
+/// Current usage. Blocking (it lists the store and reads pinned manifests); cheap enough for
+/// an admin request.
 pub fn usage(cache: &Cache) -> Result<Usage> {
-    let _ = cache;
-    Err(Error::Unsupported("usage is not implemented yet".into()))
+    let (store, index) = (cache.store().as_ref(), cache.index().as_ref());
+    let stored = store.list()?;
+    let pinned = inventory::pinned_digests(store, index)?;
+    Ok(Usage {
+        bytes: stored.iter().map(|(_, s)| s).sum(),
+        blobs: stored.len() as u64,
+        pinned_bytes: stored
+            .iter()
+            .filter(|(d, _)| pinned.contains(d))
+            .map(|(_, s)| s)
+            .sum(),
+    })
 }
 
 /// Evict least recently used unpinned images until usage is at most `cap.max * cap.low`, if
-/// it is above `cap.max * cap.high`.
+/// it is above `cap.max * cap.high`. Loose blobs (no tag or pin reaches them) go first, oldest
+/// first; then whole images, least recently used first (the later of the manifest's last
+/// access and the tag's last confirmation). Pinned content, blobs being served and blobs
+/// another remaining image uses are never removed.
 pub async fn evict(cache: &Cache, cap: Cap) -> Result<Removal> {
-    let _ = (cache, cap);
-    Err(Error::Unsupported("eviction is not implemented yet".into()))
+    let maintenance = cache.maintenance();
+    let _exclusive = maintenance.lock().await;
+    evict::evict(cache, cap).await
 }
 
 /// Purge an image: its tag (or digest) record, its pin, and every blob of it no other image
 /// uses.
+///
+/// For a digest reference, the tags of that repository pointing at the digest are removed
+/// too (otherwise they would keep all of it). Blobs being served stay until a later
+/// eviction or collection. An image the cache does not hold is `MANIFEST_UNKNOWN`.
 pub async fn remove(cache: &Cache, image: &ImageRef) -> Result<Removal> {
-    let _ = (cache, image);
-    Err(Error::Unsupported("cache rm is not implemented yet".into()))
+    let maintenance = cache.maintenance();
+    let _exclusive = maintenance.lock().await;
+    let (index, repo) = (cache.index(), &image.repo);
+    let (root, tags) = purge_targets(cache, image)?;
+    let named = |reference| {
+        ImageRef {
+            repo: repo.clone(),
+            reference,
+        }
+        .to_string()
+    };
+    let mut removal = Removal::default();
+    index.set_pinned(&image.to_string(), false)?;
+    index.set_pinned(&named(Reference::Digest(root.clone())), false)?;
+    for t in &tags {
+        let tagged = named(Reference::Tag(t.clone()));
+        index.set_pinned(&tagged, false)?;
+        index.remove_tag(repo, t)?;
+        cache.forget_tag_answer(repo, t).await;
+        removal.images.push(tagged);
+    }
+    if tags.is_empty() {
+        removal.images.push(image.to_string());
+    }
+    let (freed, since) = blocking(cache, move |store, index| {
+        let snap = Snapshot::take(store, index)?;
+        let closure = inventory::closure(store, &root, None)?;
+        let freed = snap.sized(closure.stored.iter().filter(|d| !snap.reaches(d)));
+        Ok((freed, snap.started_ms))
+    })
+    .await?;
+    (removal.blobs, removal.bytes) = delete(cache, freed, since).await;
+    Ok(removal)
 }
 
-/// Remove every stored blob that no tagged or pinned image reaches and nobody is reading.
+/// The manifest a purge removes and the tags to remove with it: a tag's record, or for a
+/// digest the tags of its repository pointing at it. `MANIFEST_UNKNOWN` when not cached.
+fn purge_targets(cache: &Cache, image: &ImageRef) -> Result<(Digest, Vec<Tag>)> {
+    let (index, repo) = (cache.index(), &image.repo);
+    match &image.reference {
+        Reference::Tag(t) => match index.tag(repo, t)? {
+            Some(rec) => Ok((rec.digest, vec![t.clone()])),
+            None => Err(inventory::not_cached(image)),
+        },
+        Reference::Digest(d) => {
+            let tags: Vec<Tag> = index
+                .all_tags()?
+                .into_iter()
+                .filter(|(r, _, rec)| r == repo && rec.digest == *d)
+                .map(|(_, t, _)| t)
+                .collect();
+            let stored = index.is_linked(repo, d)? && cache.store().stat(d)?.is_some();
+            if tags.is_empty() && !stored {
+                return Err(inventory::not_cached(image));
+            }
+            Ok((d.clone(), tags))
+        }
+    }
+}
+
+/// Remove every stored blob that no tagged or pinned image reaches and nobody is reading
+/// (content pulled by digest only, what evictions and purges left behind while it was being
+/// served, leftovers of tags that moved).
 pub async fn collect(cache: &Cache) -> Result<Removal> {
-    let _ = cache;
-    Err(Error::Unsupported("cache gc is not implemented yet".into()))
+    let maintenance = cache.maintenance();
+    let _exclusive = maintenance.lock().await;
+    let (garbage, since) = blocking(cache, |store, index| {
+        let snap = Snapshot::take(store, index)?;
+        Ok((snap.unreferenced(), snap.started_ms))
+    })
+    .await?;
+    let (blobs, bytes) = delete(cache, garbage, since).await;
+    Ok(Removal {
+        images: Vec::new(),
+        blobs,
+        bytes,
+    })
 }
 
-/// Re-hash every stored blob; quarantine the corrupt ones.
+/// Re-hash every stored blob; quarantine the corrupt ones. Progress: one unit (`verify`)
+/// advancing by bytes hashed, and a note per corrupt blob.
 pub async fn verify(cache: &Cache, progress: &Progress) -> Result<VerifyReport> {
-    let _ = (cache, progress);
-    Err(Error::Unsupported(
-        "cache verify is not implemented yet".into(),
-    ))
+    verify::verify(cache, progress).await
+}
+
+/// Run `f` over the store and index on the blocking pool.
+async fn blocking<T, F>(cache: &Cache, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn BlobStore, &dyn Index) -> Result<T> + Send + 'static,
+{
+    let (store, index) = (cache.store().clone(), cache.index().clone());
+    tokio::task::spawn_blocking(move || f(store.as_ref(), index.as_ref()))
+        .await
+        .map_err(Error::internal)?
+}
+
+/// Delete `blobs`, except those being served or used since `since_ms` (a pull that began
+/// after the scan), and forget the manifests among them. Returns how many blobs and bytes
+/// went. A blob that cannot be deleted is logged and skipped: the rest still go.
+async fn delete(cache: &Cache, blobs: Vec<(Digest, u64)>, since_ms: u64) -> (usize, u64) {
+    if blobs.is_empty() {
+        return (0, 0);
+    }
+    let c = cache.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        let mut removed = Vec::new();
+        for (digest, size) in blobs {
+            let used = c.index().last_access(&digest).ok().flatten();
+            if c.in_use(&digest) || used.is_some_and(|t| t > since_ms) {
+                continue;
+            }
+            match c.store().remove(&digest) {
+                Ok(true) => removed.push((digest, size)),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%digest, error = %e, "cannot delete a blob"),
+            }
+        }
+        removed
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "blob deletion task failed");
+        Vec::new()
+    });
+    for (d, _) in &removed {
+        cache.forget(d).await;
+    }
+    (removed.len(), removed.iter().map(|(_, s)| s).sum())
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod bundle;
 pub mod cache;
+pub mod cli;
 pub mod client_config;
 pub mod config;
 pub mod error;

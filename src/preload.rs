@@ -2,10 +2,24 @@
 //! clients use (so a preload and a pull of the same blob share one download), pin them, and
 //! report for every image and platform whether a pull would succeed with the network cut.
 
-use crate::cache::Cache;
-use crate::oci::Registry;
+mod readiness;
+
+use crate::cache::{Cache, Manifest};
+use crate::error::{Error, Result};
+use crate::oci::manifest::ACCEPT_ALL;
+use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, children};
 use crate::progress::Progress;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Images preloaded at once.
+const IMAGES_AT_ONCE: usize = 3;
+/// Blobs of one image downloaded at once.
+const BLOBS_AT_ONCE: usize = 4;
 
 /// What to preload.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -17,17 +31,35 @@ pub struct Request {
     pub platforms: Option<String>,
 }
 
+/// Offline readiness of one platform of one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformReadiness {
+    /// `linux/amd64`, or `-` for an image without platforms.
+    pub platform: String,
+    /// Whether a pull would succeed with the network cut.
+    pub ready: bool,
+    /// Why not.
+    pub reason: Option<String>,
+}
+
 /// Offline readiness of one image.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Readiness {
     /// The reference as given.
     pub image: String,
     /// The full reference.
-    pub reference: String,
-    /// Per platform: `linux/amd64` (or `-` for a single-platform image) → ready or why not.
-    pub platforms: Vec<(String, Result<(), String>)>,
+    pub reference: Option<String>,
+    /// Per platform.
+    pub platforms: Vec<PlatformReadiness>,
     /// Why the image itself failed (bad reference, unknown upstream, …).
     pub error: Option<String>,
+}
+
+impl Readiness {
+    /// Ready for every platform.
+    pub fn ready(&self) -> bool {
+        self.error.is_none() && !self.platforms.is_empty() && self.platforms.iter().all(|p| p.ready)
+    }
 }
 
 /// The readiness report.
@@ -35,7 +67,7 @@ pub struct Readiness {
 pub struct Report {
     /// One entry per requested image.
     pub images: Vec<Readiness>,
-    /// Bytes downloaded.
+    /// Bytes downloaded from upstreams.
     pub downloaded: u64,
     /// Whether every image is ready offline for every requested platform.
     pub ok: bool,
@@ -48,6 +80,221 @@ pub async fn preload(
     request: &Request,
     progress: &Progress,
 ) -> Report {
-    let _ = (cache, default, request, progress);
-    Report::default()
+    let platforms = match request
+        .platforms
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => None,
+        Some(s) => match Platform::parse_list(s) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let images = request
+                    .images
+                    .iter()
+                    .map(|i| Readiness {
+                        image: i.clone(),
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    })
+                    .collect();
+                return Report {
+                    images,
+                    downloaded: 0,
+                    ok: false,
+                };
+            }
+        },
+    };
+    let downloaded = Arc::new(AtomicU64::new(0));
+    // Owned inputs per future: streams of borrowing futures trip the compiler's Send check.
+    let jobs: Vec<_> = request
+        .images
+        .iter()
+        .map(|image| {
+            let ctx = Ctx {
+                cache: cache.clone(),
+                progress: progress.clone(),
+                downloaded: downloaded.clone(),
+            };
+            one(ctx, default.clone(), image.clone(), platforms.clone())
+        })
+        .collect();
+    let images: Vec<Readiness> = futures_util::stream::iter(jobs)
+        .buffered(IMAGES_AT_ONCE)
+        .collect()
+        .await;
+    let ok = !images.is_empty() && images.iter().all(Readiness::ready);
+    Report {
+        images,
+        downloaded: downloaded.load(Ordering::Relaxed),
+        ok,
+    }
+}
+
+/// What every download of one preload shares.
+#[derive(Clone)]
+struct Ctx {
+    cache: Cache,
+    progress: Progress,
+    downloaded: Arc<AtomicU64>,
+}
+
+async fn one(
+    ctx: Ctx,
+    default: Registry,
+    image: String,
+    platforms: Option<Vec<Platform>>,
+) -> Readiness {
+    let (cache, progress, image, platforms) = (
+        &ctx.cache,
+        &ctx.progress,
+        image.as_str(),
+        platforms.as_deref(),
+    );
+    progress.begin(image, image, None);
+    let reference = match ImageRef::parse(image, &default) {
+        Ok(r) => r,
+        Err(e) => {
+            progress.end(image, false, Some(e.to_string()));
+            return Readiness {
+                image: image.to_string(),
+                error: Some(e.to_string()),
+                ..Default::default()
+            };
+        }
+    };
+    let fetched = fetch(&ctx, &reference, platforms, image).await;
+    if fetched.is_ok()
+        && let Err(e) = cache.index().set_pinned(&reference.to_string(), true)
+    {
+        tracing::warn!(image, error = %e, "could not pin");
+    }
+    let mut readiness = readiness::check(cache, &reference, platforms).await;
+    readiness.image = image.to_string();
+    if let Err(e) = fetched {
+        readiness.error = Some(e.to_string());
+    }
+    let message = readiness.error.clone().or_else(|| {
+        let missing: Vec<String> = readiness
+            .platforms
+            .iter()
+            .filter(|p| !p.ready)
+            .map(|p| p.platform.clone())
+            .collect();
+        (!missing.is_empty()).then(|| format!("not ready offline: {}", missing.join(", ")))
+    });
+    progress.end(image, readiness.ready(), message);
+    readiness
+}
+
+/// Resolve the reference, the wanted platforms' manifests, and download their blobs.
+async fn fetch(
+    ctx: &Ctx,
+    reference: &ImageRef,
+    platforms: Option<&[Platform]>,
+    id: &str,
+) -> Result<()> {
+    let (cache, progress) = (&ctx.cache, &ctx.progress);
+    let repo = &reference.repo;
+    let top = cache
+        .manifest(repo, &reference.reference, &[ACCEPT_ALL])
+        .await?
+        .manifest;
+    let mut manifests: Vec<Arc<Manifest>> = Vec::new();
+    let kids = children(&top.bytes).unwrap_or_default();
+    if kids.iter().any(|k| k.is_manifest) {
+        for child in kids.iter().filter(|k| k.is_manifest) {
+            let wanted = match (platforms, &child.platform) {
+                (Some(list), Some(p)) => list.iter().any(|w| p.satisfies(w)),
+                _ => true,
+            };
+            if wanted {
+                manifests.push(
+                    cache
+                        .manifest(
+                            repo,
+                            &Reference::Digest(child.digest.clone()),
+                            &[ACCEPT_ALL],
+                        )
+                        .await?
+                        .manifest,
+                );
+            }
+        }
+    } else {
+        manifests.push(top.clone());
+    }
+    let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
+    for m in &manifests {
+        for b in children(&m.bytes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| !b.is_manifest && !b.foreign)
+        {
+            blobs.insert(b.digest, b.size.unwrap_or(0));
+        }
+    }
+    let total: u64 = blobs.values().sum();
+    progress.advance(id, 0, Some(total));
+    let unit = Unit {
+        id: id.to_string(),
+        total,
+        done: Arc::new(AtomicU64::new(0)),
+    };
+    let jobs: Vec<_> = blobs
+        .into_keys()
+        .map(|digest| blob(ctx.clone(), reference.clone(), digest, unit.clone()))
+        .collect();
+    let results: Vec<Result<()>> = futures_util::stream::iter(jobs)
+        .buffer_unordered(BLOBS_AT_ONCE)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// The progress unit of one image: its id, expected and done bytes.
+#[derive(Clone)]
+struct Unit {
+    id: String,
+    total: u64,
+    done: Arc<AtomicU64>,
+}
+
+impl Unit {
+    fn add(&self, bytes: u64, progress: &Progress) {
+        let now = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        progress.advance(self.id.clone(), now, Some(self.total));
+    }
+}
+
+/// Bring one blob in (or find it cached), reporting bytes as they arrive.
+async fn blob(ctx: Ctx, reference: ImageRef, digest: Digest, unit: Unit) -> Result<()> {
+    let progress = &ctx.progress;
+    let answer = ctx.cache.blob(&reference.repo, &digest).await?;
+    let fresh = answer.outcome != crate::cache::Outcome::Hit;
+    let source = answer.source;
+    let mut seen = 0u64;
+    let verified = source.clone().verified();
+    tokio::pin!(verified);
+    loop {
+        tokio::select! {
+            result = &mut verified => {
+                let size = result.map_err(|e| Error::UpstreamUnavailable { registry: reference.repo.registry.to_string(), message: e.to_string() })?.written();
+                unit.add(size.saturating_sub(seen), progress);
+                if fresh {
+                    ctx.downloaded.fetch_add(size, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                let written = source.written();
+                if written > seen {
+                    unit.add(written - seen, progress);
+                    seen = written;
+                }
+            }
+        }
+    }
 }

@@ -114,9 +114,15 @@ impl Admin {
             (&Method::POST, "/admin/rm") => self.remove(read_json(req).await?).await,
             (&Method::POST, "/admin/gc") => Ok(json(&gc::collect(&self.cache).await?)),
             (&Method::POST, "/admin/evict") => self.evict().await,
-            (&Method::GET, "/admin/usage") => Ok(json(&gc::usage(&self.cache)?)),
+            (&Method::GET, "/admin/usage") => {
+                let cache = self.cache.clone();
+                let usage = tokio::task::spawn_blocking(move || gc::usage(&cache))
+                    .await
+                    .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+                Ok(json(&usage))
+            }
             (&Method::POST, "/admin/verify") => Ok(self.verify()),
-            (&Method::POST, "/admin/export") => self.export(read_json(req).await?),
+            (&Method::POST, "/admin/export") => self.export(read_json(req).await?).await,
             (&Method::POST, "/admin/import") => Ok(self.import(req)),
             _ => Err(Failure(
                 StatusCode::NOT_FOUND,
@@ -189,9 +195,15 @@ impl Admin {
         })
     }
 
-    fn export(&self, body: ExportArg) -> Answer {
+    async fn export(&self, body: ExportArg) -> Answer {
         let exclude: HashSet<_> = body.exclude.iter().filter_map(|d| d.parse().ok()).collect();
-        let plan = bundle::plan_export(&self.cache, &body.selection, &exclude)?;
+        let cache = self.cache.clone();
+        // Planning reads every manifest from disk: off the async runtime.
+        let plan = tokio::task::spawn_blocking(move || {
+            bundle::plan_export(&cache, &body.selection, &exclude)
+        })
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
         let cache = self.cache.clone();
         let plan2 = plan.clone();
@@ -232,7 +244,9 @@ impl Admin {
         stream_events(move |progress| async move {
             let reader = tokio_util::io::StreamReader::new(body);
             let cache2 = cache.clone();
+            let exclusive = cache.maintenance().lock_owned().await;
             let imported = tokio::task::spawn_blocking(move || {
+                let _exclusive = exclusive;
                 let mut sync = tokio_util::io::SyncIoBridge::new(reader);
                 bundle::import(&cache2, &mut sync, &progress)
             })

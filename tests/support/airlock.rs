@@ -81,6 +81,11 @@ impl Airlock {
         self.data.path()
     }
 
+    /// The cache of the running airlock (for calling cache operations directly).
+    pub fn cache(&self) -> &airlock::cache::Cache {
+        &self.running.as_ref().expect("running").cache
+    }
+
     /// Stop gracefully and start again on the same data directory (a new port).
     pub async fn restart(mut self) -> Airlock {
         self.running.take().expect("running").stop().await;

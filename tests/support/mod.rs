@@ -20,6 +20,7 @@
 pub mod accesslog;
 pub mod airlock;
 pub mod certs;
+pub mod daemon;
 pub mod faulty;
 pub mod image;
 pub mod layer;

@@ -1,0 +1,205 @@
+//! Planning an export: the selection resolved to manifests through the index, each image's
+//! closure from the inventory, the blobs of a previous bundle left out.
+
+use super::layout::{declared_media_type, is_manifest_type};
+use super::{ExportImage, ExportPlan, Selection};
+use crate::error::{Error, Result};
+use crate::inventory::{self, closure, not_cached, read_manifest};
+use crate::oci::{Digest, ImageRef, Reference, Registry, children};
+use crate::store::{BlobStore, Index};
+use std::collections::{BTreeMap, HashSet};
+
+/// An image to export and whether the operator named it (then failing to export it is an
+/// error, not a note).
+struct Wanted {
+    reference: ImageRef,
+    explicit: bool,
+}
+
+/// See [`super::plan_export`].
+pub fn plan(
+    store: &dyn BlobStore,
+    index: &dyn Index,
+    selection: &Selection,
+    exclude: &HashSet<Digest>,
+) -> Result<ExportPlan> {
+    let mut notes = Vec::new();
+    let mut entries = Vec::new();
+    let mut blobs = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for wanted in selected(index, selection, &mut notes)? {
+        let name = wanted.reference.to_string();
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let mut own = BTreeMap::new();
+        match image(store, index, &wanted.reference, &mut own, &mut notes) {
+            Ok(entry) => {
+                entries.push(entry);
+                blobs.append(&mut own);
+            }
+            Err(e) if !wanted.explicit => notes.push(format!("{name} left out: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    if entries.is_empty() {
+        return Err(Error::ManifestUnknown(
+            "no image of the selection is cached completely: nothing to export".into(),
+        ));
+    }
+    let before = blobs.len();
+    let left_out: u64 = blobs
+        .iter()
+        .filter(|(d, _)| exclude.contains(*d))
+        .map(|(_, s)| *s)
+        .sum();
+    blobs.retain(|d, _| !exclude.contains(d));
+    if blobs.len() < before {
+        notes.push(format!(
+            "{} blobs ({left_out} bytes) left out: the previous bundle has them",
+            before - blobs.len()
+        ));
+    }
+    Ok(ExportPlan {
+        images: entries.iter().map(|e| e.reference.clone()).collect(),
+        total_bytes: blobs.values().sum(),
+        blobs: blobs.into_iter().collect(),
+        notes,
+        entries,
+    })
+}
+
+/// The references a selection names: explicit ones first, then every tag, then every pin.
+fn selected(
+    index: &dyn Index,
+    selection: &Selection,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Wanted>> {
+    if selection.images.is_empty() && !selection.all && !selection.pinned {
+        return Err(Error::Unsupported(
+            "name the images to export, or select all or pinned ones".into(),
+        ));
+    }
+    let hub = Registry::docker_hub();
+    let mut out = Vec::new();
+    for s in &selection.images {
+        out.push(Wanted {
+            reference: ImageRef::parse(s, &hub)?,
+            explicit: true,
+        });
+    }
+    if selection.all {
+        for (repo, tag, _) in index.all_tags()? {
+            out.push(Wanted {
+                reference: ImageRef {
+                    repo,
+                    reference: Reference::Tag(tag),
+                },
+                explicit: false,
+            });
+        }
+    }
+    if selection.pinned {
+        for pin in index.pins()? {
+            match ImageRef::parse(&pin, &hub) {
+                Ok(reference) => out.push(Wanted {
+                    reference,
+                    explicit: false,
+                }),
+                Err(e) => notes.push(format!("pin {pin:?} left out: {e}")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One image: its descriptor for `index.json`, its blobs (with sizes) into `blobs`.
+fn image(
+    store: &dyn BlobStore,
+    index: &dyn Index,
+    reference: &ImageRef,
+    blobs: &mut BTreeMap<Digest, u64>,
+    notes: &mut Vec<String>,
+) -> Result<ExportImage> {
+    let digest = inventory::resolve(index, reference)?.ok_or_else(|| not_cached(reference))?;
+    let bytes = read_manifest(store, &digest)?.ok_or_else(|| not_cached(reference))?;
+    let media_type = media_type(index, reference, &digest, &bytes)?;
+    let kids = children(&bytes).unwrap_or_default();
+    let mut platforms = Vec::new();
+    if kids.iter().any(|k| k.is_manifest) {
+        for child in kids.iter().filter(|k| k.is_manifest) {
+            let c = closure(store, &child.digest, None)?;
+            if c.missing.is_empty() {
+                add(store, &c.stored, blobs)?;
+                platforms.push(child.digest.clone());
+            } else {
+                let platform = child
+                    .platform
+                    .as_ref()
+                    .map_or_else(|| child.digest.to_string(), |p| p.to_string());
+                notes.push(format!(
+                    "{reference}: platform {platform} left out, {} of its blobs are not cached",
+                    c.missing.len()
+                ));
+            }
+        }
+        if platforms.is_empty() {
+            return Err(Error::ManifestUnknown(format!(
+                "{reference} has no platform cached completely: pull it first"
+            )));
+        }
+    } else {
+        let c = closure(store, &digest, None)?;
+        if !c.missing.is_empty() {
+            return Err(Error::ManifestUnknown(format!(
+                "{reference} is not cached completely ({} blobs missing): pull it first",
+                c.missing.len()
+            )));
+        }
+        add(store, &c.stored, blobs)?;
+    }
+    add(store, [&digest], blobs)?;
+    Ok(ExportImage {
+        reference: reference.to_string(),
+        size: bytes.len() as u64,
+        digest,
+        media_type,
+        platforms,
+    })
+}
+
+/// The manifest's media type: the tag's `Content-Type`, else the one recorded for the
+/// digest, else what the manifest declares.
+fn media_type(
+    index: &dyn Index,
+    reference: &ImageRef,
+    digest: &Digest,
+    bytes: &[u8],
+) -> Result<String> {
+    if let Reference::Tag(t) = &reference.reference
+        && let Some(rec) = index.tag(&reference.repo, t)?
+        && rec.digest == *digest
+        && is_manifest_type(&rec.media_type)
+    {
+        return Ok(rec.media_type);
+    }
+    Ok(index
+        .blob_info(digest)?
+        .and_then(|i| i.media_type)
+        .filter(|t| is_manifest_type(t))
+        .unwrap_or_else(|| declared_media_type(bytes)))
+}
+
+fn add<'a>(
+    store: &dyn BlobStore,
+    digests: impl IntoIterator<Item = &'a Digest>,
+    blobs: &mut BTreeMap<Digest, u64>,
+) -> Result<()> {
+    for d in digests {
+        let size = store.stat(d)?.ok_or_else(|| {
+            Error::BlobUnknown(format!("{d} left the cache while the export was planned"))
+        })?;
+        blobs.insert(d.clone(), size);
+    }
+    Ok(())
+}

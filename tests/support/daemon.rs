@@ -1,0 +1,160 @@
+//! The airlock binary as an operator runs it: `airlock serve -c FILE` on free ports, its log
+//! in a file the test can read, dying with the test process; and other commands (`preload`,
+//! `export`, `cache ls`, …) run against the same configuration, as a separate process.
+
+use super::process::GuardedChild;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_airlock");
+
+/// A running `airlock serve`.
+pub struct Daemon {
+    child: Option<GuardedChild>,
+    /// Registry API port.
+    pub port: u16,
+    /// Holds the config, data and log.
+    pub dir: TempDir,
+    /// The configuration file.
+    pub config: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Write a config (`[server]` listen, `[admin]` listen, `[storage]` path, then `extra`,
+    /// which holds the `[[upstream]]` sections and anything else) and start `airlock serve`
+    /// with `args`; returns once the registry API answers.
+    pub async fn start(extra: &str, args: &[&str]) -> Daemon {
+        Daemon::start_with_top("", extra, args).await
+    }
+
+    /// As [`Daemon::start`], with top-level keys (`upstream = []`) written before any section.
+    pub async fn start_with_top(top: &str, extra: &str, args: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-daemon-")
+            .tempdir()
+            .expect("tempdir");
+        let config = dir.path().join("airlock.toml");
+        Daemon::write_config(&config, dir.path(), top, extra);
+        Daemon::serve(dir, config, args).await
+    }
+
+    fn write_config(config: &PathBuf, dir: &std::path::Path, top: &str, extra: &str) -> u16 {
+        let port = super::free_port();
+        let text = format!(
+            "{top}\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\n\n{extra}",
+            dir.join("data").display()
+        );
+        std::fs::write(config, text).expect("write config");
+        port
+    }
+
+    async fn serve(dir: TempDir, config: PathBuf, args: &[&str]) -> Daemon {
+        let text = std::fs::read_to_string(&config).expect("config");
+        let port: u16 = text
+            .split("listen = \"127.0.0.1:")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        let log = dir.path().join("airlock.log");
+        let mut argv: Vec<String> = vec!["serve".into(), "-c".into(), config.display().to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let child = GuardedChild::spawn(BIN, &argv, &dir.path().join("stdout"), &log, &[])
+            .expect("spawn airlock serve");
+        let ready = tokio::task::spawn_blocking(move || {
+            super::wait_http_ready(port, Duration::from_secs(20))
+        })
+        .await
+        .expect("join");
+        let d = Daemon {
+            child: Some(child),
+            port,
+            dir,
+            config,
+            log,
+        };
+        assert!(ready, "airlock serve answers on {port}; log:\n{}", d.log());
+        d
+    }
+
+    /// Stop (SIGTERM, graceful) and start again with `args` on the same config and data.
+    pub async fn restart(mut self, args: &[&str]) -> Daemon {
+        self.stop().await;
+        let (dir, config) = (
+            std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")),
+            self.config.clone(),
+        );
+        Daemon::serve(dir, config, args).await
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Poll (bounded: `tries` × 100 ms) until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str, tries: usize) -> bool {
+        for _ in 0..tries {
+            if self.log().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.log().contains(needle)
+    }
+
+    /// Run `airlock ARGS -c CONFIG` (another process, as an operator would) and wait.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        run_cli(&self.config, args).await
+    }
+
+    /// SIGTERM, and wait for the graceful exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.pid().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            for _ in 0..300 {
+                if !child.is_running() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            child.stop();
+        }
+    }
+}
+
+/// Run `airlock ARGS -c CONFIG` without a server (the command starts an embedded engine).
+pub async fn run_cli(config: &std::path::Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args).arg("-c").arg(config).kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("the command ends within 300 s")
+        .expect("airlock runs")
+}
+
+/// Stdout and stderr of an output, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
