@@ -35,9 +35,9 @@ impl Render {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let total = multi.add(ProgressBar::new(0));
             total.set_style(style(
-                "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                "{msg:44!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
             ));
-            total.set_prefix("total");
+            total.set_message("total");
             (multi, total)
         });
         Render {
@@ -71,7 +71,7 @@ impl Render {
         let bar = self.bars.as_ref().map(|(multi, all)| {
             let bar = multi.insert_before(all, ProgressBar::new(total.unwrap_or(0)));
             bar.set_style(style(
-                "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                "{msg:44!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {prefix}",
             ));
             bar.set_message(label.to_string());
             bar
@@ -133,7 +133,10 @@ impl Render {
             (false, m) => format!("FAILED: {}", m.unwrap_or("see the report")),
         };
         match u.bar {
-            Some(bar) => bar.finish_with_message(format!("{} {verdict}", u.label)),
+            Some(bar) => {
+                bar.set_prefix(verdict);
+                bar.finish();
+            }
             None => eprintln!("{}: {verdict} ({})", u.label, ByteSize(u.done)),
         }
     }
