@@ -11,6 +11,7 @@ use crate::api::{State, route::Router, server};
 use crate::cache::{Cache, Settings};
 use crate::config::Config;
 use crate::gc::{self, Cap};
+use crate::metrics::Metrics;
 use crate::oci::Registry;
 use crate::store::{fs::FsStore, index::SledIndex};
 use crate::upstream::{Entry, Upstreams, client::HttpUpstream};
@@ -62,7 +63,7 @@ impl Drop for Running {
 }
 
 /// Open the data directory and build the cache over it.
-fn build_cache(config: &Config) -> anyhow::Result<Cache> {
+async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     let data = &config.storage.path;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
@@ -71,15 +72,44 @@ fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     let index = SledIndex::open(&data.join("index"))?;
     let store = FsStore::open(data)
         .with_context(|| format!("cannot use the data directory {}", data.display()))?;
-    Ok(Cache::new(
+    let registries: Vec<Registry> = config
+        .upstream
+        .iter()
+        .filter_map(|u| u.registry.parse().ok())
+        .collect();
+    let metrics = Arc::new(Metrics::new(
+        &registries,
+        config.storage.max_size.map(|m| m.0),
+    ));
+    let upstreams = upstreams(config, &metrics)?;
+    let settings = Settings {
+        memory_bytes: config.cache.memory.0,
+        fill_timeout: config.storage.fill_timeout,
+    };
+    let cache = Cache::new(
         Arc::new(store),
         Arc::new(index),
-        upstreams(config)?,
-        Settings {
-            memory_bytes: config.cache.memory.0,
-            fill_timeout: config.storage.fill_timeout,
-        },
-    ))
+        upstreams,
+        settings,
+        metrics,
+    );
+    refresh_usage(&cache).await;
+    Ok(cache)
+}
+
+/// Put the store's usage into the gauges (the store is listed: off the async runtime).
+async fn refresh_usage(cache: &Cache) {
+    let c = cache.clone();
+    match tokio::task::spawn_blocking(move || gc::usage(&c)).await {
+        Ok(Ok(u)) => {
+            let m = cache.metrics();
+            m.cache_size.set(u.bytes as i64);
+            m.cache_blobs.set(u.blobs as i64);
+            m.cache_pinned.set(u.pinned_bytes as i64);
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not measure the cache"),
+        Err(e) => tracing::warn!(error = %e, "could not measure the cache"),
+    }
 }
 
 fn cap(config: &Config) -> Option<Cap> {
@@ -100,7 +130,7 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 /// Build everything and start serving the registry and admin APIs; returns once both
 /// listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let cache = build_cache(&config)?;
+    let cache = build_cache(&config).await?;
     let default: Registry = config.server.default_registry.parse()?;
     if !config.upstream.is_empty() && !cache.upstreams().contains(&default) {
         tracing::warn!(registry = %default, "server.default_registry has no [[upstream]]: requests without a registry can only be answered from the cache");
@@ -150,14 +180,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             grace,
         )),
     ];
-    if let Some(cap) = cap(&config) {
-        tasks.push(tokio::spawn(evict_periodically(
-            cache.clone(),
-            cap,
-            config.storage.eviction_interval,
-            stop_rx,
-        )));
-    }
+    tasks.push(tokio::spawn(maintain_periodically(
+        cache.clone(),
+        cap(&config),
+        config.storage.eviction_interval,
+        stop_rx,
+    )));
     Ok(Running {
         addr,
         admin_addr,
@@ -172,7 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// An engine for a CLI command when no server runs on the data directory: the cache and an
 /// admin API on an ephemeral localhost port, nothing else.
 pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
-    let cache = build_cache(&config)?;
+    let cache = build_cache(&config).await?;
     let default: Registry = config.server.default_registry.parse()?;
     let admin_listener = bind(([127, 0, 0, 1], 0).into(), "an embedded admin port").await?;
     let admin_addr = admin_listener.local_addr()?;
@@ -207,9 +235,10 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn evict_periodically(
+/// Every `every`: evict down to the cap (if any), and refresh the usage gauges.
+async fn maintain_periodically(
     cache: Cache,
-    cap: Cap,
+    cap: Option<Cap>,
     every: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -218,24 +247,29 @@ async fn evict_periodically(
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match gc::evict(&cache, cap).await {
-            Ok(r) if r.blobs > 0 => tracing::info!(
-                images = r.images.len(),
-                blobs = r.blobs,
-                bytes = r.bytes,
-                "evicted least recently used content"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "eviction failed"),
+        if let Some(cap) = cap {
+            match gc::evict(&cache, cap).await {
+                Ok(r) if r.blobs > 0 => {
+                    tracing::info!(
+                        images = r.images.len(),
+                        blobs = r.blobs,
+                        bytes = r.bytes,
+                        "evicted least recently used content"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "eviction failed"),
+            }
         }
+        refresh_usage(&cache).await;
     }
 }
 
-fn upstreams(config: &Config) -> anyhow::Result<Upstreams> {
+fn upstreams(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Upstreams> {
     let mut entries = HashMap::new();
     for u in &config.upstream {
         let registry: Registry = u.registry.parse()?;
-        let client = HttpUpstream::new(u, &config.credentials)
+        let client = HttpUpstream::new(u, &config.credentials, metrics.clone())
             .with_context(|| format!("upstream {}", u.registry))?;
         tracing::info!(
             registry = %u.registry,

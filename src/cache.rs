@@ -21,6 +21,7 @@ mod tags;
 pub use reader::{BlobSource, BlobStream};
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::oci::{Digest, Repository};
 use crate::store::{BlobStore, Index};
 use crate::upstream::{Entry, Upstreams};
@@ -104,6 +105,7 @@ struct Inner {
     fills: fill::Fills,
     in_use: inuse::InUse,
     maintenance: Arc<tokio::sync::Mutex<()>>,
+    metrics: Arc<Metrics>,
     flights: flights::Flights<manifests::FlightKey, ManifestAnswer>,
     settings: Settings,
 }
@@ -115,9 +117,11 @@ impl Cache {
         index: Arc<dyn Index>,
         upstreams: Upstreams,
         settings: Settings,
+        metrics: Arc<Metrics>,
     ) -> Cache {
         Cache {
             inner: Arc::new(Inner {
+                metrics,
                 hot: hot::Hot::new(settings.memory_bytes),
                 fills: fill::Fills::default(),
                 in_use: inuse::InUse::default(),
@@ -129,6 +133,11 @@ impl Cache {
                 settings,
             }),
         }
+    }
+
+    /// The metrics everything records to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The configured upstreams (for routing).

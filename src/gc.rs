@@ -89,7 +89,11 @@ pub fn usage(cache: &Cache) -> Result<Usage> {
 pub async fn evict(cache: &Cache, cap: Cap) -> Result<Removal> {
     let maintenance = cache.maintenance();
     let _exclusive = maintenance.lock().await;
-    evict::evict(cache, cap).await
+    let removal = evict::evict(cache, cap).await?;
+    let m = cache.metrics();
+    m.evictions.inc_by(removal.images.len() as u64);
+    m.evicted_bytes.inc_by(removal.bytes);
+    Ok(removal)
 }
 
 /// Purge an image: its tag (or digest) record, its pin, and every blob of it no other image

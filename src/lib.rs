@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod gc;
 pub mod inventory;
+pub mod metrics;
 pub mod oci;
 pub mod preload;
 pub mod progress;

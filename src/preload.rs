@@ -126,6 +126,14 @@ pub async fn preload(
         .collect()
         .await;
     let ok = !images.is_empty() && images.iter().all(Readiness::ready);
+    for image in &images {
+        let result = if image.ready() { "ready" } else { "not_ready" };
+        cache
+            .metrics()
+            .preload_images
+            .with_label_values(&[result])
+            .inc();
+    }
     Report {
         images,
         downloaded: downloaded.load(Ordering::Relaxed),
@@ -263,7 +271,8 @@ struct Unit {
 }
 
 impl Unit {
-    fn add(&self, bytes: u64, progress: &Progress) {
+    fn add(&self, bytes: u64, progress: &Progress, cache: &Cache) {
+        cache.metrics().preload_bytes.inc_by(bytes);
         let now = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
         progress.advance(self.id.clone(), now, Some(self.total));
     }
@@ -282,7 +291,7 @@ async fn blob(ctx: Ctx, reference: ImageRef, digest: Digest, unit: Unit) -> Resu
         tokio::select! {
             result = &mut verified => {
                 let size = result.map_err(|e| Error::UpstreamUnavailable { registry: reference.repo.registry.to_string(), message: e.to_string() })?.written();
-                unit.add(size.saturating_sub(seen), progress);
+                unit.add(size.saturating_sub(seen), progress, &ctx.cache);
                 if fresh {
                     ctx.downloaded.fetch_add(size, Ordering::Relaxed);
                 }
@@ -291,7 +300,7 @@ async fn blob(ctx: Ctx, reference: ImageRef, digest: Digest, unit: Unit) -> Resu
             () = tokio::time::sleep(Duration::from_millis(250)) => {
                 let written = source.written();
                 if written > seen {
-                    unit.add(written - seen, progress);
+                    unit.add(written - seen, progress, &ctx.cache);
                     seen = written;
                 }
             }

@@ -64,6 +64,14 @@ impl Admin {
         let result = match (method.clone(), path.as_str()) {
             (Method::GET, "/healthz") => Ok(text("ok\n")),
             (Method::GET, "/readyz") => self.ready(),
+            (Method::GET, "/metrics") => {
+                let mut r = Response::new(body::full(self.cache.metrics().render()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                Ok(r)
+            }
             (_, p) if p.starts_with("/admin/") => match self.authorized(&req) {
                 Ok(()) => self.operation(req, &method, &path).await,
                 Err(f) => Err(f),
@@ -253,6 +261,9 @@ impl Admin {
             .await;
             match imported {
                 Ok(Ok(report)) => {
+                    let m = cache.metrics();
+                    m.imports.with_label_values(&["ok"]).inc();
+                    m.import_bytes.inc_by(report.bytes);
                     for image in &report.images {
                         if let Ok(r) = ImageRef::parse(image, &Registry::docker_hub())
                             && let crate::oci::Reference::Tag(t) = &r.reference
@@ -268,7 +279,14 @@ impl Admin {
                         report: serde_json::to_value(&report).unwrap_or_default(),
                     }
                 }
-                Ok(Err(e)) => failed(e),
+                Ok(Err(e)) => {
+                    cache
+                        .metrics()
+                        .imports
+                        .with_label_values(&["refused"])
+                        .inc();
+                    failed(e)
+                }
                 Err(e) => failed(Error::internal(e)),
             }
         })

@@ -46,6 +46,46 @@ pub struct LogLine {
     pub cache: &'static str,
     /// `Content-Length` sent, if any: hyper stops polling a body once that much is out.
     pub length: Option<u64>,
+    /// Request kind (`manifest`, `blob`, `tags`, `base`, `other`).
+    pub kind: &'static str,
+    /// Registry label (a configured registry or `other`).
+    pub registry: String,
+    /// Cache outcome, when the cache answered.
+    pub outcome: Option<crate::cache::Outcome>,
+    /// Where the request is counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl LogLine {
+    /// Count the request: by kind, method and status; its cache outcome; the bytes it sent.
+    fn record(&self, bytes: u64) {
+        use crate::cache::Outcome;
+        use crate::metrics::Metrics;
+        let m = &self.metrics;
+        let method = match self.method.as_str() {
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            _ => "other",
+        };
+        m.requests
+            .with_label_values(&[self.kind, method, Metrics::status_class(self.status)])
+            .inc();
+        m.request_seconds
+            .with_label_values(&[self.kind])
+            .observe(self.start.elapsed().as_secs_f64());
+        m.requests_in_flight.dec();
+        if let Some(outcome) = self.outcome {
+            m.cache_results
+                .with_label_values(&[self.kind, &self.registry, outcome.as_str()])
+                .inc();
+            let source = if outcome == Outcome::Miss {
+                "upstream"
+            } else {
+                "cache"
+            };
+            m.served_bytes.with_label_values(&[source]).inc_by(bytes);
+        }
+    }
 }
 
 /// A body that counts what it sends and logs the request when done.
@@ -106,6 +146,7 @@ impl Drop for Logged {
         {
             self.outcome = "complete";
         }
+        self.line.record(self.bytes);
         let l = &self.line;
         tracing::info!(
             target: "airlock::request",

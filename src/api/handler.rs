@@ -23,6 +23,12 @@ pub struct State {
     pub router: Router,
 }
 
+/// What the metrics need to know about a request once it is routed.
+struct Meta {
+    kind: &'static str,
+    registry: String,
+}
+
 const API_VERSION: &str = "docker-distribution-api-version";
 const CONTENT_DIGEST: &str = "docker-content-digest";
 
@@ -44,7 +50,13 @@ impl State {
             .uri()
             .path_and_query()
             .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
-        let (mut resp, outcome) = match self.answer(&req).await {
+        let metrics = self.cache.metrics().clone();
+        metrics.requests_in_flight.inc();
+        let mut meta = Meta {
+            kind: "other",
+            registry: String::new(),
+        };
+        let (mut resp, outcome) = match self.answer(&req, &mut meta).await {
             Ok((r, o)) => (r, o),
             Err(e) => (errors::response(&e, head), None),
         };
@@ -56,6 +68,10 @@ impl State {
             path,
             status: resp.status().as_u16(),
             cache: outcome.map_or("-", Outcome::as_str),
+            kind: meta.kind,
+            registry: metrics.registry_label(&meta.registry).to_string(),
+            outcome,
+            metrics: metrics.clone(),
             length: match head {
                 true => Some(0),
                 false => resp
@@ -67,7 +83,11 @@ impl State {
         resp.map(|b| Logged::new(b, line).boxed_unsync())
     }
 
-    async fn answer<B>(&self, req: &Request<B>) -> Result<(Response<Body>, Option<Outcome>)> {
+    async fn answer<B>(
+        &self,
+        req: &Request<B>,
+        meta: &mut Meta,
+    ) -> Result<(Response<Body>, Option<Outcome>)> {
         let size: usize = req
             .headers()
             .iter()
@@ -89,6 +109,24 @@ impl State {
             }
         };
         let route = self.router.parse(req.uri().path(), req.uri().query())?;
+        *meta = match &route {
+            Route::Base => Meta {
+                kind: "base",
+                registry: String::new(),
+            },
+            Route::Manifest { repo, .. } => Meta {
+                kind: "manifest",
+                registry: repo.registry.to_string(),
+            },
+            Route::Blob { repo, .. } => Meta {
+                kind: "blob",
+                registry: repo.registry.to_string(),
+            },
+            Route::Tags { repo, .. } => Meta {
+                kind: "tags",
+                registry: repo.registry.to_string(),
+            },
+        };
         match route {
             Route::Base => {
                 let mut r = Response::new(if head {

@@ -22,6 +22,7 @@ impl Cache {
                 store: inner.store.clone(),
                 index: inner.index.clone(),
                 timeout: inner.settings.fill_timeout,
+                metrics: inner.metrics.clone(),
             };
             let (fill, started) = match inner.fills.join_or_start(ctx, upstream, repo, digest)? {
                 Joined::Fill { fill, started } => (fill, started),

@@ -68,6 +68,8 @@ pub struct FillContext {
     pub index: Arc<dyn Index>,
     /// Upper bound on the download.
     pub timeout: Duration,
+    /// Where downloads are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Result of [`Fills::join_or_start`].
@@ -137,9 +139,12 @@ impl Fills {
             digest: digest.clone(),
             tx,
         };
+        let in_flight = task.ctx.metrics.fills_in_flight.clone();
+        in_flight.inc();
         tokio::spawn(async move {
             task.run(writer).await;
             drop(unregister);
+            in_flight.dec();
         });
         Ok(Joined::Fill {
             fill,
@@ -238,6 +243,11 @@ impl Task {
             }
             if batch.len() >= BATCH || (end && !batch.is_empty()) {
                 let bytes = batch.split().freeze();
+                let registry = self.repo.registry.to_string();
+                let m = &self.ctx.metrics;
+                m.fill_bytes
+                    .with_label_values(&[m.registry_label(&registry)])
+                    .inc_by(bytes.len() as u64);
                 writer = self.write(writer, bytes).await?;
                 written = writer.written();
                 self.tx.send_replace(FillState::Writing { written, size });

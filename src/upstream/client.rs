@@ -10,6 +10,7 @@ use super::credentials::CredentialProvider;
 use super::{BlobBody, FetchedManifest, Upstream};
 use crate::config::{CredentialsConfig, UpstreamConfig};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::oci::{Digest, Reference, Registry, RepoName};
 use anyhow::Context as _;
@@ -18,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderValue, Method, StatusCode, header};
 use reqwest::Url;
+use std::sync::Arc;
 use std::time::Duration;
 
 const MAX_REDIRECTS: usize = 5;
@@ -32,6 +34,7 @@ pub struct HttpUpstream {
     http: reqwest::Client,
     auth: Auth,
     breaker: Breaker,
+    metrics: Arc<Metrics>,
     request_timeout: Duration,
 }
 
@@ -42,6 +45,7 @@ impl HttpUpstream {
     pub fn new(
         config: &UpstreamConfig,
         credentials: &CredentialsConfig,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<HttpUpstream> {
         let base = Url::parse(&config.effective_url())?;
         let mut builder = reqwest::Client::builder()
@@ -77,6 +81,7 @@ impl HttpUpstream {
                 http.clone(),
                 config.request_timeout,
             ),
+            metrics,
             breaker: Breaker::new(
                 &config.registry,
                 config.failure_threshold,
@@ -198,8 +203,26 @@ impl HttpUpstream {
         timeout: Option<Duration>,
         auth: Option<&HeaderValue>,
     ) -> Result<reqwest::Response> {
-        self.breaker.admit()?;
+        let registry = self.metrics.registry_label(&self.registry).to_string();
+        let up = self.metrics.upstream_up.with_label_values(&[&registry]);
+        if let Err(e) = self.breaker.admit() {
+            up.set(0);
+            return Err(e);
+        }
+        let started = std::time::Instant::now();
         let result = self.follow_hops(method, url, accept, timeout, auth).await;
+        self.metrics
+            .upstream_seconds
+            .with_label_values(&[&registry])
+            .observe(started.elapsed().as_secs_f64());
+        let class = match &result {
+            Ok(r) => Metrics::status_class(r.status().as_u16()),
+            Err(_) => "error",
+        };
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[&registry, class])
+            .inc();
         match &result {
             Ok(r)
                 if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
@@ -209,6 +232,7 @@ impl HttpUpstream {
             Ok(_) => self.breaker.success(),
             Err(e) => self.breaker.failure(&e.to_string()),
         }
+        up.set(i64::from(self.breaker.health() == Health::Up));
         result
     }
 

@@ -1,0 +1,315 @@
+//! Every metric airlock exports, in one struct registered on an explicit
+//! `prometheus::Registry` (no globals), rendered at `/metrics` on the admin listener. Names
+//! are `airlock_*` (`_total` counters, `_seconds`, `_bytes`); labels are small closed sets —
+//! a registry nobody configured is `other`, never whatever a client sent. Known label sets
+//! are created at zero so dashboards have series from the first scrape.
+
+use crate::oci::Registry;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    TextEncoder,
+};
+use std::collections::HashSet;
+
+/// Request kinds.
+pub const KINDS: [&str; 5] = ["manifest", "blob", "tags", "base", "other"];
+/// Cache outcomes.
+pub const RESULTS: [&str; 4] = ["hit", "miss", "stale", "coalesced"];
+/// HTTP status classes.
+pub const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// The collectors.
+pub struct Metrics {
+    registry: prometheus::Registry,
+    known: HashSet<String>,
+    /// Requests answered, by kind, method and status class.
+    pub requests: IntCounterVec,
+    /// Requests being answered now.
+    pub requests_in_flight: IntGauge,
+    /// Time to answer, by kind (until the body is sent).
+    pub request_seconds: HistogramVec,
+    /// Cache outcomes by kind, registry and result.
+    pub cache_results: IntCounterVec,
+    /// Body bytes sent to clients, by source (`cache`: saved; `upstream`: fetched for it).
+    pub served_bytes: IntCounterVec,
+    /// Requests to upstreams, by registry and status class (`error`: no answer).
+    pub upstream_requests: IntCounterVec,
+    /// Upstream request latency, by registry.
+    pub upstream_seconds: HistogramVec,
+    /// 1 while an upstream is up, 0 while its circuit breaker holds it down.
+    pub upstream_up: IntGaugeVec,
+    /// Blob downloads running.
+    pub fills_in_flight: IntGauge,
+    /// Bytes written to the cache by fills, by registry.
+    pub fill_bytes: IntCounterVec,
+    /// Bytes of stored blobs.
+    pub cache_size: IntGauge,
+    /// Stored blobs.
+    pub cache_blobs: IntGauge,
+    /// Bytes a pin protects.
+    pub cache_pinned: IntGauge,
+    /// `storage.max_size` (0: no cap).
+    pub cache_max: IntGauge,
+    /// Images evicted.
+    pub evictions: IntCounter,
+    /// Bytes evicted.
+    pub evicted_bytes: IntCounter,
+    /// Bytes brought in by preloads.
+    pub preload_bytes: IntCounter,
+    /// Images preloaded, by result (`ready`, `not_ready`).
+    pub preload_images: IntCounterVec,
+    /// Bytes read by imports.
+    pub import_bytes: IntCounter,
+    /// Images imported, and bundles refused (`ok`, `refused`).
+    pub imports: IntCounterVec,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+impl Metrics {
+    /// All collectors, registered, with label sets for `registries` initialised.
+    pub fn new(registries: &[Registry], max_size: Option<u64>) -> Metrics {
+        let buckets = vec![
+            0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let hist = |name: &str, help: &str, label: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.clone()),
+                &[label],
+            )
+            .expect("valid metric")
+        };
+        let m = Metrics {
+            registry: prometheus::Registry::new(),
+            known: registries.iter().map(|r| r.to_string()).collect(),
+            requests: counter(
+                "airlock_requests_total",
+                "Requests answered, by kind, method and status class.",
+                &["kind", "method", "status"],
+            ),
+            requests_in_flight: IntGauge::new(
+                "airlock_requests_in_flight",
+                "Requests being answered now.",
+            )
+            .expect("valid"),
+            request_seconds: hist(
+                "airlock_request_duration_seconds",
+                "Time to answer a request, body included.",
+                "kind",
+            ),
+            cache_results: counter(
+                "airlock_cache_results_total",
+                "Cache outcomes: hit, miss, stale (served because the upstream could not answer), coalesced (joined a fetch in flight).",
+                &["kind", "registry", "result"],
+            ),
+            served_bytes: counter(
+                "airlock_served_bytes_total",
+                "Body bytes sent to clients, by source: cache (saved upstream traffic) or upstream.",
+                &["source"],
+            ),
+            upstream_requests: counter(
+                "airlock_upstream_requests_total",
+                "Requests to upstreams, by registry and status class (error: no answer).",
+                &["registry", "status"],
+            ),
+            upstream_seconds: hist(
+                "airlock_upstream_request_duration_seconds",
+                "Upstream request latency until the answer's headers.",
+                "registry",
+            ),
+            upstream_up: IntGaugeVec::new(
+                Opts::new(
+                    "airlock_upstream_up",
+                    "1 while the upstream is up, 0 while its circuit breaker holds it down.",
+                ),
+                &["registry"],
+            )
+            .expect("valid"),
+            fills_in_flight: IntGauge::new("airlock_fills_in_flight", "Blob downloads running.")
+                .expect("valid"),
+            fill_bytes: counter(
+                "airlock_fill_bytes_total",
+                "Bytes downloaded into the cache, by registry.",
+                &["registry"],
+            ),
+            cache_size: IntGauge::new(
+                "airlock_cache_size_bytes",
+                "Bytes of stored blobs, manifests included.",
+            )
+            .expect("valid"),
+            cache_blobs: IntGauge::new("airlock_cache_blobs", "Stored blobs, manifests included.")
+                .expect("valid"),
+            cache_pinned: IntGauge::new(
+                "airlock_cache_pinned_bytes",
+                "Bytes of stored content a pin protects.",
+            )
+            .expect("valid"),
+            cache_max: IntGauge::new(
+                "airlock_cache_max_size_bytes",
+                "storage.max_size (0 when there is no cap).",
+            )
+            .expect("valid"),
+            evictions: IntCounter::new(
+                "airlock_evictions_total",
+                "Images evicted to stay under storage.max_size.",
+            )
+            .expect("valid"),
+            evicted_bytes: IntCounter::new(
+                "airlock_evicted_bytes_total",
+                "Bytes freed by eviction.",
+            )
+            .expect("valid"),
+            preload_bytes: IntCounter::new(
+                "airlock_preload_bytes_total",
+                "Bytes brought in by preloads (downloaded or found cached).",
+            )
+            .expect("valid"),
+            preload_images: counter(
+                "airlock_preload_images_total",
+                "Images preloaded, by offline readiness.",
+                &["result"],
+            ),
+            import_bytes: IntCounter::new(
+                "airlock_import_bytes_total",
+                "Blob bytes read from imported bundles.",
+            )
+            .expect("valid"),
+            imports: counter(
+                "airlock_imports_total",
+                "Bundle imports, by result.",
+                &["result"],
+            ),
+        };
+        m.cache_max.set(max_size.unwrap_or(0) as i64);
+        m.register();
+        m.initialise();
+        m
+    }
+
+    fn register(&self) {
+        let build = IntGaugeVec::new(
+            Opts::new("airlock_build_info", "Always 1; the version as a label."),
+            &["version"],
+        )
+        .expect("valid");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(build),
+            Box::new(self.requests.clone()),
+            Box::new(self.requests_in_flight.clone()),
+            Box::new(self.request_seconds.clone()),
+            Box::new(self.cache_results.clone()),
+            Box::new(self.served_bytes.clone()),
+            Box::new(self.upstream_requests.clone()),
+            Box::new(self.upstream_seconds.clone()),
+            Box::new(self.upstream_up.clone()),
+            Box::new(self.fills_in_flight.clone()),
+            Box::new(self.fill_bytes.clone()),
+            Box::new(self.cache_size.clone()),
+            Box::new(self.cache_blobs.clone()),
+            Box::new(self.cache_pinned.clone()),
+            Box::new(self.cache_max.clone()),
+            Box::new(self.evictions.clone()),
+            Box::new(self.evicted_bytes.clone()),
+            Box::new(self.preload_bytes.clone()),
+            Box::new(self.preload_images.clone()),
+            Box::new(self.import_bytes.clone()),
+            Box::new(self.imports.clone()),
+        ];
+        for c in all {
+            self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// Series at zero for every known label set, so a rate is defined from the start.
+    fn initialise(&self) {
+        for kind in KINDS {
+            for method in ["GET", "HEAD"] {
+                for status in STATUS_CLASSES {
+                    self.requests.with_label_values(&[kind, method, status]);
+                }
+            }
+            self.request_seconds.with_label_values(&[kind]);
+        }
+        for source in ["cache", "upstream"] {
+            self.served_bytes.with_label_values(&[source]);
+        }
+        for registry in &self.known {
+            for kind in ["manifest", "blob", "tags"] {
+                for result in RESULTS {
+                    self.cache_results
+                        .with_label_values(&[kind, registry, result]);
+                }
+            }
+            for status in STATUS_CLASSES.iter().chain(&["error"]) {
+                self.upstream_requests
+                    .with_label_values(&[registry.as_str(), status]);
+            }
+            self.upstream_seconds.with_label_values(&[registry]);
+            self.upstream_up.with_label_values(&[registry]).set(1);
+            self.fill_bytes.with_label_values(&[registry]);
+        }
+        for result in ["ready", "not_ready"] {
+            self.preload_images.with_label_values(&[result]);
+        }
+        for result in ["ok", "refused"] {
+            self.imports.with_label_values(&[result]);
+        }
+    }
+
+    /// The label for `registry`: its name if configured, else `other`.
+    pub fn registry_label<'a>(&'a self, registry: &'a str) -> &'a str {
+        if self.known.contains(registry) {
+            registry
+        } else {
+            "other"
+        }
+    }
+
+    /// The class of an HTTP status (`2xx` …).
+    pub fn status_class(status: u16) -> &'static str {
+        match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_initialised_series() {
+        let m = Metrics::new(&[Registry::docker_hub()], Some(1 << 30));
+        m.cache_results
+            .with_label_values(&["blob", m.registry_label("docker.io"), "hit"])
+            .inc();
+        assert_eq!(m.registry_label("evil.example"), "other");
+        let text = String::from_utf8(m.render()).unwrap();
+        for family in [
+            "airlock_requests_total",
+            "airlock_cache_results_total",
+            "airlock_upstream_up",
+            "airlock_build_info",
+            "airlock_cache_max_size_bytes 1073741824",
+        ] {
+            assert!(text.contains(family), "{family} in:\n{text}");
+        }
+        assert!(text.contains(
+            r#"airlock_cache_results_total{kind="blob",registry="docker.io",result="hit"} 1"#
+        ));
+        assert!(text.contains(r#"airlock_upstream_up{registry="docker.io"} 1"#));
+    }
+}
