@@ -163,6 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         token: token.clone(),
         default_registry: default,
         cap: cap(&config),
+        verifying: Default::default(),
     });
     let mut tasks = vec![
         tokio::spawn(server::serve(
@@ -211,6 +212,7 @@ pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
         token: token.clone(),
         default_registry: default,
         cap: cap(&config),
+        verifying: Default::default(),
     });
     let grace = config.server.shutdown_timeout;
     let tasks = vec![tokio::spawn(server::serve(

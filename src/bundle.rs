@@ -132,11 +132,13 @@ pub struct ImportReport {
 /// blobs linked to its repository, its tag recorded and its reference pinned. Callers that
 /// keep hot tag answers must drop those of the returned images.
 pub fn import(cache: &Cache, input: &mut dyn Read, progress: &Progress) -> Result<ImportReport> {
+    let maintenance = cache.maintenance();
     import::import(
         cache.store().as_ref(),
         cache.index().as_ref(),
         input,
         progress,
+        &|| Box::new(maintenance.clone().blocking_lock_owned()),
     )
 }
 

@@ -18,6 +18,7 @@ mod manifests;
 mod reader;
 mod tags;
 
+pub use inuse::Hold;
 pub use reader::{BlobSource, BlobStream};
 
 use crate::error::{Error, Result};
@@ -159,6 +160,12 @@ impl Cache {
     /// collection), so one never removes what another counts on.
     pub fn maintenance(&self) -> Arc<tokio::sync::Mutex<()>> {
         self.inner.maintenance.clone()
+    }
+
+    /// Hold `digest` in use (eviction, purges and collection leave it alone) until the hold
+    /// is dropped: for exports, which read blobs for a long time.
+    pub fn hold(&self, digest: &Digest) -> Hold {
+        self.inner.in_use.hold(digest)
     }
 
     /// Whether a client is being served `digest` right now (eviction leaves it alone).

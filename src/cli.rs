@@ -155,7 +155,12 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let session = Session::open(config).await?;
-                let result = cache_command(&session, command).await;
+                // Ctrl-C: stop here, but shut an embedded engine down properly (the index is
+                // flushed). Work a running server took on goes on there.
+                let result = tokio::select! {
+                    r = cache_command(&session, command) => r,
+                    _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                };
                 session.close().await;
                 result
             })

@@ -62,6 +62,9 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Digests whose content did not match, now quarantined.
     pub corrupt: Vec<String>,
+    /// Digests that could not be read (kept: a read error says nothing about the content).
+    #[serde(default)]
+    pub unreadable: Vec<String>,
 }
 
 /// Current usage. Blocking (it lists the store and reads pinned manifests); cheap enough for

@@ -29,6 +29,8 @@ pub struct Closure {
     pub missing: BTreeSet<Digest>,
     /// Per platform (an index's children), or one entry for a single manifest.
     pub platforms: Vec<PlatformState>,
+    /// The root is missing, or a stored manifest does not parse: what it reaches is unknown.
+    pub unknown: bool,
 }
 
 impl Closure {
@@ -66,6 +68,7 @@ pub fn closure(
 ) -> Result<Closure> {
     let mut c = Closure::default();
     let Some(bytes) = read_manifest(store, root)? else {
+        c.unknown = true;
         c.missing.insert(root.clone());
         c.platforms.push(PlatformState {
             platform: None,
@@ -75,7 +78,15 @@ pub fn closure(
         return Ok(c);
     };
     c.stored.insert(root.clone());
-    let kids = children(&bytes).unwrap_or_default();
+    let Some(kids) = children(&bytes) else {
+        c.unknown = true;
+        c.platforms.push(PlatformState {
+            platform: None,
+            manifest: root.clone(),
+            complete: false,
+        });
+        return Ok(c);
+    };
     if kids.iter().any(|k| k.is_manifest) {
         for child in kids.iter().filter(|k| k.is_manifest) {
             let wanted = match (platforms, &child.platform) {
@@ -87,6 +98,9 @@ pub fn closure(
             }
             let sub = closure(store, &child.digest, None)?;
             let complete = sub.missing.is_empty();
+            // A child that is not cached is normal (another platform); one that is stored
+            // but unreadable hides what it reaches.
+            c.unknown |= sub.unknown && !sub.missing.contains(&child.digest);
             c.stored.extend(sub.stored);
             c.missing.extend(sub.missing);
             c.platforms.push(PlatformState {
@@ -170,15 +184,25 @@ pub fn resolve(index: &dyn Index, reference: &ImageRef) -> Result<Option<Digest>
     }
 }
 
-/// Every digest a pin protects: the closures of all pinned references.
+/// Every digest a pin protects: the closures of what each pinned reference names now, and of
+/// the manifest it named when it was pinned (a tag that moved keeps its pinned content).
 pub fn pinned_digests(store: &dyn BlobStore, index: &dyn Index) -> Result<HashSet<Digest>> {
     let mut out = HashSet::new();
     for pin in index.pins()? {
         let Ok(reference) = ImageRef::parse(&pin, &Registry::docker_hub()) else {
             continue;
         };
-        if let Some(root) = resolve(index, &reference)? {
+        let roots = [resolve(index, &reference)?, index.pinned_digest(&pin)?];
+        for root in roots.into_iter().flatten() {
             let c = closure(store, &root, None)?;
+            // Without its manifest a pin's layers are unknown; on a site past the gap they
+            // cannot be fetched again, so nothing may be removed until it is repaired.
+            if c.unknown {
+                return Err(Error::internal(format!(
+                    "pinned image {pin} has a missing or unreadable manifest ({root}): re-import or re-preload it; \
+                     eviction and gc are paused until then"
+                )));
+            }
             out.extend(c.stored);
             out.extend(c.missing);
         }

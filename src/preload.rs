@@ -174,11 +174,6 @@ async fn one(
         }
     };
     let fetched = fetch(&ctx, &reference, platforms, image).await;
-    if fetched.is_ok()
-        && let Err(e) = cache.index().set_pinned(&reference.to_string(), true)
-    {
-        tracing::warn!(image, error = %e, "could not pin");
-    }
     let mut readiness = readiness::check(cache, &reference, platforms).await;
     readiness.image = image.to_string();
     if let Err(e) = fetched {
@@ -210,6 +205,9 @@ async fn fetch(
         .manifest(repo, &reference.reference, &[ACCEPT_ALL])
         .await?
         .manifest;
+    // Pinned before anything else comes in: eviction and gc leave its blobs alone from the
+    // moment they are stored (a pin covers what it names, stored or not).
+    cache.index().pin_at(&reference.to_string(), &top.digest)?;
     let mut manifests: Vec<Arc<Manifest>> = Vec::new();
     let kids = children(&top.bytes).unwrap_or_default();
     if kids.iter().any(|k| k.is_manifest) {

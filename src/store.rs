@@ -149,6 +149,11 @@ pub trait Index: Send + Sync {
     fn pins(&self) -> Result<Vec<String>>;
     /// Pin or unpin an image reference; returns whether it was pinned before.
     fn set_pinned(&self, reference: &str, pinned: bool) -> Result<bool>;
+    /// Pin an image reference and remember the manifest it named then: that content stays
+    /// protected even if the tag later moves. Returns whether it was pinned before.
+    fn pin_at(&self, reference: &str, digest: &Digest) -> Result<bool>;
+    /// The manifest a pin remembered, if any.
+    fn pinned_digest(&self, reference: &str) -> Result<Option<Digest>>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<()>;
 }

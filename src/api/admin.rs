@@ -38,6 +38,8 @@ pub struct Admin {
     pub default_registry: Registry,
     /// The size cap, if any (for eviction after imports and preloads).
     pub cap: Option<Cap>,
+    /// Set while a verify runs (one at a time: it reads the whole store).
+    pub verifying: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handle for Admin {
@@ -117,8 +119,8 @@ impl Admin {
         match (method, path) {
             (&Method::GET, "/admin/images") => self.images().await,
             (&Method::POST, "/admin/preload") => self.preload(read_json(req).await?),
-            (&Method::POST, "/admin/pin") => self.pin(read_json(req).await?, true),
-            (&Method::POST, "/admin/unpin") => self.pin(read_json(req).await?, false),
+            (&Method::POST, "/admin/pin") => self.pin(read_json(req).await?, true).await,
+            (&Method::POST, "/admin/unpin") => self.pin(read_json(req).await?, false).await,
             (&Method::POST, "/admin/rm") => self.remove(read_json(req).await?).await,
             (&Method::POST, "/admin/gc") => Ok(json(&gc::collect(&self.cache).await?)),
             (&Method::POST, "/admin/evict") => self.evict().await,
@@ -129,7 +131,7 @@ impl Admin {
                     .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
                 Ok(json(&usage))
             }
-            (&Method::POST, "/admin/verify") => Ok(self.verify()),
+            (&Method::POST, "/admin/verify") => self.verify(),
             (&Method::POST, "/admin/export") => self.export(read_json(req).await?).await,
             (&Method::POST, "/admin/import") => Ok(self.import(req)),
             _ => Err(Failure(
@@ -164,14 +166,20 @@ impl Admin {
         }))
     }
 
-    fn pin(&self, body: ImageArg, pinned: bool) -> Answer {
+    async fn pin(&self, body: ImageArg, pinned: bool) -> Answer {
         let reference = ImageRef::parse(&body.image, &self.default_registry)?;
-        let before = self
-            .cache
-            .index()
-            .set_pinned(&reference.to_string(), pinned)?;
+        let name = reference.to_string();
+        // Not while an eviction is deciding what is unpinned.
+        let maintenance = self.cache.maintenance();
+        let _exclusive = maintenance.lock().await;
+        let index = self.cache.index();
+        let before = match (pinned, inventory::resolve(index.as_ref(), &reference)?) {
+            (true, Some(digest)) => index.pin_at(&name, &digest)?,
+            (true, None) => index.set_pinned(&name, true)?,
+            (false, _) => index.set_pinned(&name, false)?,
+        };
         Ok(json(
-            &serde_json::json!({ "image": reference.to_string(), "pinned": pinned, "changed": before != pinned }),
+            &serde_json::json!({ "image": name, "pinned": pinned, "changed": before != pinned }),
         ))
     }
 
@@ -190,17 +198,27 @@ impl Admin {
         }
     }
 
-    fn verify(&self) -> Response<Body> {
+    fn verify(&self) -> Answer {
+        use std::sync::atomic::Ordering;
+        let running = self.verifying.clone();
+        if running.swap(true, Ordering::SeqCst) {
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                "a verify is already running".into(),
+            ));
+        }
         let cache = self.cache.clone();
-        stream_events(move |progress| async move {
-            match gc::verify(&cache, &progress).await {
+        Ok(stream_events(move |progress| async move {
+            let result = gc::verify(&cache, &progress).await;
+            running.store(false, Ordering::SeqCst);
+            match result {
                 Ok(r) => Event::Report {
                     ok: r.corrupt.is_empty(),
                     report: serde_json::to_value(&r).unwrap_or_default(),
                 },
                 Err(e) => failed(e),
             }
-        })
+        }))
     }
 
     async fn export(&self, body: ExportArg) -> Answer {
@@ -215,7 +233,10 @@ impl Admin {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
         let cache = self.cache.clone();
         let plan2 = plan.clone();
+        // Everything planned stays put until the archive is written.
+        let holds: Vec<_> = plan.blobs.iter().map(|(d, _)| self.cache.hold(d)).collect();
         tokio::task::spawn_blocking(move || {
+            let _holds = holds;
             let mut out = ChannelWriter {
                 tx: tx.clone(),
                 buf: BytesMut::new(),
@@ -252,9 +273,7 @@ impl Admin {
         stream_events(move |progress| async move {
             let reader = tokio_util::io::StreamReader::new(body);
             let cache2 = cache.clone();
-            let exclusive = cache.maintenance().lock_owned().await;
             let imported = tokio::task::spawn_blocking(move || {
-                let _exclusive = exclusive;
                 let mut sync = tokio_util::io::SyncIoBridge::new(reader);
                 bundle::import(&cache2, &mut sync, &progress)
             })

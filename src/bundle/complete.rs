@@ -221,7 +221,7 @@ pub fn record(index: &dyn Index, image: &Image, progress: &Progress) -> Result<(
         };
         index.set_tag(repo, tag, &record)?;
     }
-    index.set_pinned(&image.reference.to_string(), true)?;
+    index.pin_at(&image.reference.to_string(), &image.digest)?;
     progress.note(format!("imported {} (pinned)", image.reference));
     Ok(())
 }

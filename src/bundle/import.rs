@@ -38,9 +38,10 @@ pub fn import(
     index: &dyn Index,
     input: &mut dyn Read,
     progress: &Progress,
+    exclusive: &dyn Fn() -> Box<dyn std::any::Any>,
 ) -> Result<ImportReport> {
     progress.begin(UNIT, "reading the bundle", None);
-    let result = import_inner(store, index, input, progress);
+    let result = import_inner(store, index, input, progress, exclusive);
     match &result {
         Ok(r) => progress.end(
             UNIT,
@@ -62,11 +63,15 @@ fn import_inner(
     index: &dyn Index,
     input: &mut dyn Read,
     progress: &Progress,
+    exclusive: &dyn Fn() -> Box<dyn std::any::Any>,
 ) -> Result<ImportReport> {
     let mut batch = store.batch()?;
+    // Receiving needs no lock (the batch is private): a slow upload holds nothing up.
     let rx = receive(store, batch.as_mut(), input, progress)?;
     progress.advance(UNIT, rx.bytes, None);
     let layout = parse_layout(&rx)?;
+    // From the check to the last record, nothing may remove what the check relied on.
+    let _exclusive = exclusive();
     let content = Content {
         store,
         batch: batch.as_ref(),
@@ -121,7 +126,9 @@ fn receive(
     Ok(rx)
 }
 
-/// One blob: into the batch when new, hashed only when the cache (or the batch) has it.
+/// One blob: into the batch (verified), also when the cache has it — publishing then
+/// replaces a cached copy that went bad with the verified one; hashed only when the batch
+/// already holds it (a duplicate entry).
 fn receive_blob(
     store: &dyn BlobStore,
     batch: &mut dyn Batch,
@@ -131,7 +138,7 @@ fn receive_blob(
     progress: &Progress,
 ) -> Result<()> {
     let known = store.stat(digest)?.is_some();
-    if known || batch.contains(digest) {
+    if batch.contains(digest) {
         let mut verifier = Verifier::new();
         let n = copy(entry, rx, progress, |b| {
             verifier.update(b);
@@ -155,7 +162,11 @@ fn receive_blob(
     }
     match writer.commit() {
         Ok(_) => {
-            rx.new.insert(digest.clone());
+            if known {
+                rx.known.insert(digest.clone());
+            } else {
+                rx.new.insert(digest.clone());
+            }
             Ok(())
         }
         Err(CommitError::Mismatch { expected, actual }) => Err(corrupt(&expected, &actual)),

@@ -110,7 +110,12 @@ impl Cache {
         let inner = &self.inner;
         let upstream = &self
             .upstream(repo)
-            .map_err(|_| Cache::blob_unknown(repo, digest))?
+            .map_err(|e| match e {
+                // No upstream for this registry: nothing can confirm it.
+                Error::NameUnknown(_) => Cache::blob_unknown(repo, digest),
+                // Offline: say so, as for any other uncached content.
+                other => other,
+            })?
             .upstream;
         match upstream.blob_exists(&repo.name, digest).await? {
             None => Err(Cache::blob_unknown(repo, digest)),

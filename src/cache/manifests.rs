@@ -368,7 +368,16 @@ impl Cache {
             media_type: m.media_type.clone(),
             fetched_at_ms: now_ms(),
         };
+        let before = self.inner.index.tag(repo, tag)?;
         self.inner.index.set_tag(repo, tag, &rec)?;
+        if let Some(old) = before.filter(|b| b.digest != rec.digest) {
+            let name = format!("{repo}:{tag}");
+            if self.inner.index.pins()?.contains(&name) {
+                // The old content stays pinned (the pin remembers it); the new one is fetched
+                // only as clients ask for it.
+                tracing::warn!(image = %name, from = %old.digest, to = %rec.digest, "a pinned tag moved upstream: run the preload again before the site is cut off");
+            }
+        }
         self.inner
             .hot
             .tags

@@ -103,6 +103,7 @@ pub async fn export(
     let tmp = output.with_extension("tar.part");
     let mut file =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut partial = Partial(Some(tmp.clone()));
     let render = std::cell::RefCell::new(Render::new());
     let body = json!({ "images": selection.images, "all": selection.all, "pinned": selection.pinned, "exclude": exclude });
     let mut written = 0u64;
@@ -131,11 +132,9 @@ pub async fn export(
         )
         .await;
     let mut render = render.into_inner();
-    if let Err(e) = result.and_then(|()| file.sync_all().map_err(Into::into)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    result.and_then(|()| file.sync_all().map_err(Into::into))?;
     std::fs::rename(&tmp, output)?;
+    partial.0 = None;
     render.on(&crate::progress::Event::End {
         id: "export".into(),
         ok: true,
@@ -144,6 +143,17 @@ pub async fn export(
     render.finish();
     println!("wrote {} ({})", output.display(), ByteSize(written));
     Ok(true)
+}
+
+/// A file being written that is removed unless it is finished (errors, Ctrl-C).
+struct Partial(Option<std::path::PathBuf>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// `airlock import`: upload a bundle; nothing becomes visible unless all of it verifies.
@@ -301,13 +311,20 @@ pub async fn verify(session: &Session) -> anyhow::Result<bool> {
     for d in &corrupt {
         println!("CORRUPT {d}: quarantined; the next pull fetches it again");
     }
+    let unreadable: Vec<&str> = report["unreadable"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for d in &unreadable {
+        println!("UNREADABLE {d}: kept; see the log, and run verify again");
+    }
     println!(
         "{} blobs checked ({}), {} corrupt",
         report["checked"].as_u64().unwrap_or(0),
         ByteSize(report["bytes"].as_u64().unwrap_or(0)),
         corrupt.len()
     );
-    Ok(corrupt.is_empty())
+    Ok(corrupt.is_empty() && unreadable.is_empty())
 }
 
 fn ago(ms: u64) -> String {

@@ -12,6 +12,7 @@ use crate::cache::Cache;
 use crate::error::Result;
 use crate::oci::Digest;
 use crate::store::Index;
+use crate::store::index::TOUCH_EVERY_MS;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set once the "pins alone exceed the cap" warning was logged, until pins fit again.
@@ -128,10 +129,18 @@ fn untouched_since_scan(index: &dyn Index, snap: &Snapshot, i: usize) -> Result<
     let same_tag = index
         .tag(&img.repo, &img.tag)?
         .is_some_and(|r| r.digest == img.digest && r.fetched_at_ms <= snap.started_ms);
-    let unused = index
-        .last_access(&img.digest)?
-        .is_none_or(|t| t <= snap.started_ms);
-    Ok(same_tag && unused)
+    // Access times are written at most once per TOUCH_EVERY_MS: anything within that window
+    // before the scan may have been used since.
+    let horizon = snap.started_ms.saturating_sub(TOUCH_EVERY_MS);
+    let unused = index.last_access(&img.digest)?.is_none_or(|t| t <= horizon);
+    // A pin set since the scan (a preload pins without the maintenance lock) protects it.
+    let tagged = format!("{}:{}", img.repo, img.tag);
+    let by_digest = format!("{}@{}", img.repo, img.digest);
+    let pinned = index
+        .pins()?
+        .iter()
+        .any(|p| *p == tagged || *p == by_digest);
+    Ok(same_tag && unused && !pinned)
 }
 
 /// Log once (until it is no longer true) that pins alone keep usage above the target.

@@ -57,10 +57,21 @@ fn run(store: &dyn BlobStore, progress: &Progress) -> Result<VerifyReport> {
                 report.bytes += n;
                 (actual != digest).then(|| format!("its content hashes to {actual}"))
             }
-            Err(e) => Some(format!("it cannot be read: {e}")),
+            // A read error (out of descriptors, a passing I/O fault) says nothing about the
+            // content: report it, keep the blob.
+            Err(e) => {
+                report.checked += 1;
+                tracing::warn!(%digest, error = %e, "blob could not be read for verification");
+                progress.note(format!("{digest} could not be read: {e}"));
+                report.unreadable.push(digest.to_string());
+                continue;
+            }
         };
         report.checked += 1;
-        if let Some(why) = why {
+        // Hash again before moving it aside: it may have been removed and fetched afresh.
+        let still_bad = why.is_some()
+            && matches!(hash(store, &digest, &mut |_| {}), Ok(Some((a, _))) if a != digest);
+        if let Some(why) = why.filter(|_| still_bad) {
             let place = match store.quarantine(&digest)? {
                 Some(path) => format!("moved to {}", path.display()),
                 None => "already gone".to_string(),

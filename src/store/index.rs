@@ -7,7 +7,7 @@
 //! blobs  digest                        -> BlobInfo (JSON)
 //! links  registry \0 repo \0 digest    -> ""
 //! access digest                        -> last use, ms since epoch (u64 big-endian)
-//! pins   image reference               -> ""
+//! pins   image reference               -> "" or the manifest digest it named when pinned
 //! ```
 //! sled promises no stable on-disk format, so the schema version is checked at open; the
 //! trait stays narrow so another engine could replace this file alone.
@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 const SCHEMA: &[u8] = b"1";
 /// Access times are written at most this often per digest: enough for LRU, cheap per request.
-const TOUCH_EVERY_MS: u64 = 60_000;
+pub const TOUCH_EVERY_MS: u64 = 60_000;
 /// Bound on the in-memory record of recent touches.
 const MAX_TOUCHED: usize = 100_000;
 
@@ -204,11 +204,32 @@ impl Index for SledIndex {
 
     fn set_pinned(&self, reference: &str, pinned: bool) -> Result<bool> {
         let before = if pinned {
-            self.pins.insert(reference, &[]).map_err(err)?
+            // Keep a remembered digest when pinning again.
+            self.pins
+                .fetch_and_update(reference, |old| {
+                    Some(old.map(|v| v.to_vec()).unwrap_or_default())
+                })
+                .map_err(err)?
         } else {
             self.pins.remove(reference).map_err(err)?
         };
         Ok(before.is_some())
+    }
+
+    fn pin_at(&self, reference: &str, digest: &Digest) -> Result<bool> {
+        let before = self
+            .pins
+            .insert(reference, digest.to_string().as_bytes())
+            .map_err(err)?;
+        Ok(before.is_some())
+    }
+
+    fn pinned_digest(&self, reference: &str) -> Result<Option<Digest>> {
+        Ok(self
+            .pins
+            .get(reference)
+            .map_err(err)?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
     }
 
     fn flush(&self) -> Result<()> {
@@ -281,6 +302,20 @@ mod tests {
                 .unwrap()
         );
         assert!(idx.pins().unwrap().is_empty());
+        assert!(
+            !idx.pin_at("docker.io/library/nginx:latest", &rec.digest)
+                .unwrap()
+        );
+        assert!(
+            idx.set_pinned("docker.io/library/nginx:latest", true)
+                .unwrap()
+        );
+        let kept = idx.pinned_digest("docker.io/library/nginx:latest").unwrap();
+        assert_eq!(
+            kept,
+            Some(rec.digest.clone()),
+            "pinning again keeps the digest"
+        );
         idx.remove_tag(&hub, &t).unwrap();
         assert_eq!(idx.tag(&hub, &t).unwrap(), None);
         idx.flush().unwrap();

@@ -107,12 +107,51 @@ impl Breaker {
         }
     }
 
+    /// Admit a request and return its guard: the request must end as a success or a
+    /// failure; a guard dropped without either (the caller gave up mid-request) counts as a
+    /// failure, so a lost probe can never leave the breaker waiting for it forever.
+    pub fn attempt(&self) -> Result<Attempt<'_>, Error> {
+        self.admit()?;
+        Ok(Attempt {
+            breaker: self,
+            done: false,
+        })
+    }
+
     /// The breaker's view now.
     pub fn health(&self) -> Health {
         if self.lock().down_until.is_some() {
             Health::Down
         } else {
             Health::Up
+        }
+    }
+}
+
+/// One admitted request; see [`Breaker::attempt`].
+pub struct Attempt<'a> {
+    breaker: &'a Breaker,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    /// The upstream answered.
+    pub fn success(mut self) {
+        self.done = true;
+        self.breaker.success();
+    }
+
+    /// The upstream could not answer.
+    pub fn failure(mut self, why: &str) {
+        self.done = true;
+        self.breaker.failure(why);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.failure("the request was abandoned");
         }
     }
 }
@@ -144,6 +183,17 @@ mod tests {
         b.success();
         assert_eq!(b.health(), Health::Up);
         b.admit().unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_probe_does_not_wedge_the_breaker() {
+        let b = Breaker::new("r", 1, Duration::from_millis(10), Duration::from_millis(10));
+        b.attempt().unwrap().failure("x");
+        std::thread::sleep(Duration::from_millis(15));
+        drop(b.attempt().expect("the probe")); // its client went away
+        std::thread::sleep(Duration::from_millis(15));
+        b.attempt().expect("another probe is allowed").success();
+        assert_eq!(b.health(), Health::Up);
     }
 
     #[test]

@@ -205,10 +205,13 @@ impl HttpUpstream {
     ) -> Result<reqwest::Response> {
         let registry = self.metrics.registry_label(&self.registry).to_string();
         let up = self.metrics.upstream_up.with_label_values(&[&registry]);
-        if let Err(e) = self.breaker.admit() {
-            up.set(0);
-            return Err(e);
-        }
+        let attempt = match self.breaker.attempt() {
+            Ok(a) => a,
+            Err(e) => {
+                up.set(0);
+                return Err(e);
+            }
+        };
         let started = std::time::Instant::now();
         let result = self.follow_hops(method, url, accept, timeout, auth).await;
         self.metrics
@@ -227,10 +230,10 @@ impl HttpUpstream {
             Ok(r)
                 if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
             {
-                self.breaker.failure(&format!("answered {}", r.status()))
+                attempt.failure(&format!("answered {}", r.status()))
             }
-            Ok(_) => self.breaker.success(),
-            Err(e) => self.breaker.failure(&e.to_string()),
+            Ok(_) => attempt.success(),
+            Err(e) => attempt.failure(&e.to_string()),
         }
         up.set(i64::from(self.breaker.health() == Health::Up));
         result
