@@ -34,7 +34,7 @@ async fn a_pinned_tag_that_moves_keeps_its_old_content() {
     pull(&airlock, "org/app:v1").await;
     let answer: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{}/admin/pin", airlock_admin(&airlock)))
-        .bearer_auth(&airlock_token(&airlock))
+        .bearer_auth(airlock_token(&airlock))
         .json(&serde_json::json!({ "image": "org/app:v1" }))
         .send()
         .await
