@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 
 # docker-registry: CNCF distribution 2.8, the real upstream. skopeo: the real client.
 # apache2-utils: htpasswd for the Basic-auth upstream. podman, containerd, docker.io: the
-# runtimes of the end-to-end tests.
-pkgs=(docker-registry skopeo apache2-utils curl ca-certificates openssl podman containerd docker.io)
+# runtimes of the end-to-end tests. prometheus: the real server (and promtool) the dashboard
+# is checked against.
+pkgs=(docker-registry skopeo apache2-utils curl ca-certificates openssl podman containerd docker.io prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
