@@ -34,6 +34,13 @@ enum Command {
     },
     /// Check a configuration and print what it resolves to; exit non-zero if it is invalid.
     CheckConfig,
+    /// Ask the admin listener of a running airlock whether it is alive (exit 0 or 1): the
+    /// container health check.
+    Health {
+        /// The health URL (default: /healthz on admin.listen, 0.0.0.0 read as 127.0.0.1).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Print the configuration a client needs to pull through this airlock.
     ClientConfig {
         /// The client to configure.
@@ -125,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             check_config(&config, &source);
             Ok(true)
         }
+        Command::Health { url } => health(&config, url),
         Command::ClientConfig {
             client,
             url,
@@ -202,8 +210,44 @@ async fn cache_command(session: &Session, command: Command) -> anyhow::Result<bo
         Command::Cache(CacheCommand::Unpin(i)) => ops::pin(session, &i.image, false).await,
         Command::Cache(CacheCommand::Verify) => ops::verify(session).await,
         Command::Cache(CacheCommand::Gc) => ops::remove(session, None).await,
-        Command::Serve { .. } | Command::CheckConfig | Command::ClientConfig { .. } => {
+        Command::Serve { .. }
+        | Command::CheckConfig
+        | Command::Health { .. }
+        | Command::ClientConfig { .. } => {
             unreachable!("handled by run")
+        }
+    }
+}
+
+/// `airlock health`: GET /healthz on the admin listener; `Ok(false)` when it does not answer 200.
+fn health(config: &Config, url: Option<String>) -> anyhow::Result<bool> {
+    let url = url.unwrap_or_else(|| {
+        let a = config.admin.listen;
+        let ip = if a.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            a.ip()
+        };
+        format!("http://{}/healthz", std::net::SocketAddr::new(ip, a.port()))
+    });
+    let rt = tokio::runtime::Runtime::new()?;
+    let answer = rt.block_on(async {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?
+            .get(&url)
+            .send()
+            .await
+    });
+    match answer {
+        Ok(r) if r.status().is_success() => Ok(true),
+        Ok(r) => {
+            eprintln!("airlock: {url} answered {}", r.status());
+            Ok(false)
+        }
+        Err(e) => {
+            eprintln!("airlock: {url}: {e}");
+            Ok(false)
         }
     }
 }

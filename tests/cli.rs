@@ -166,12 +166,19 @@ async fn serve_runs_from_the_minimal_file_and_stops_on_sigterm() {
             && data.join("blobs/sha256").is_dir()
             && data.join("tmp").is_dir()
     );
+    // `airlock health` (the container health check) reaches the admin listener.
+    let advert = airlock::app::read_advert(&data).expect("the server advertises its admin API");
+    let health_url = format!("{}/healthz", advert.url);
+    let (code, _, err) = output(airlock(&["health", "--url", &health_url])).await;
+    assert_eq!(code, 0, "{err}");
     let log = stop_with(&mut child, "-TERM").await;
     assert!(
         log.contains("GET") && log.contains("/v2/") && log.contains("status=200"),
         "one line per request: {log}"
     );
     assert!(log.contains("stopped"), "{log}");
+    let (code, _, err) = output(airlock(&["health", "--url", &health_url])).await;
+    assert_ne!(code, 0, "nothing answers any more: {err}");
 }
 
 #[tokio::test]
