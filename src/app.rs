@@ -112,6 +112,17 @@ async fn refresh_usage(cache: &Cache) {
     }
 }
 
+/// The admin API over `cache`.
+fn admin_api(cache: &Cache, token: &str, default: Registry, config: &Config) -> Arc<Admin> {
+    Arc::new(Admin {
+        cache: cache.clone(),
+        token: token.to_string(),
+        default_registry: default,
+        cap: cap(config),
+        verifying: Default::default(),
+    })
+}
+
 fn cap(config: &Config) -> Option<Cap> {
     let s = &config.storage;
     s.max_size.map(|m| Cap {
@@ -158,13 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cache: cache.clone(),
         router: Router::new(default.clone(), aliases(&config)?),
     });
-    let admin = Arc::new(Admin {
-        cache: cache.clone(),
-        token: token.clone(),
-        default_registry: default,
-        cap: cap(&config),
-        verifying: Default::default(),
-    });
+    let admin = admin_api(&cache, &token, default, &config);
     let mut tasks = vec![
         tokio::spawn(server::serve(
             listener,
@@ -207,13 +212,7 @@ pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
     let token = advert::token()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin = Arc::new(Admin {
-        cache: cache.clone(),
-        token: token.clone(),
-        default_registry: default,
-        cap: cap(&config),
-        verifying: Default::default(),
-    });
+    let admin = admin_api(&cache, &token, default, &config);
     let grace = config.server.shutdown_timeout;
     let tasks = vec![tokio::spawn(server::serve(
         admin_listener,

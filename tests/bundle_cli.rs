@@ -12,16 +12,7 @@ use support::registry::Registry;
 use support::{push, skopeo};
 
 async fn pull(daemon: &Daemon, reference: &str, want: &dyn Artifact) {
-    let dir = tempfile::tempdir().unwrap();
-    skopeo::copy(
-        &format!("{}/{reference}", daemon.host()),
-        dir.path(),
-        true,
-        &[],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
-    skopeo::read_dir(dir.path()).assert_matches(want, true);
+    skopeo::pull(&daemon.host(), reference, want).await;
 }
 
 fn digests(bundle: &std::path::Path) -> HashSet<String> {

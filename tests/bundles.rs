@@ -29,16 +29,7 @@ async fn upstream_registry() -> &'static Registry {
 
 /// `skopeo copy --all` `reference` from `airlock` and compare every byte with `artifact`.
 async fn pull(airlock: &Airlock, reference: &str, artifact: &dyn Artifact) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    skopeo::copy(
-        &format!("{}/{reference}", airlock.host),
-        dir.path(),
-        true,
-        &[],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("skopeo copy --all {reference} from airlock: {e}"));
-    skopeo::read_dir(dir.path()).assert_matches(artifact, true);
+    skopeo::pull(&airlock.host, reference, artifact).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,16 +19,7 @@ async fn upstream_registry() -> &'static Registry {
 }
 
 async fn pull(airlock: &Airlock, reference: &str, artifact: &dyn Artifact) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    skopeo::copy(
-        &format!("{}/{reference}", airlock.host),
-        dir.path(),
-        true,
-        &[],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("skopeo copy --all {reference} through airlock: {e}"));
-    skopeo::read_dir(dir.path()).assert_matches(artifact, true);
+    skopeo::pull(&airlock.host, reference, artifact).await;
 }
 
 /// Upstream requests whose path mentions `needle`, made after `since` requests had been logged.

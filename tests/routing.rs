@@ -12,16 +12,7 @@ use support::token::TokenIssuer;
 use support::{push, skopeo};
 
 async fn pull(airlock: &Airlock, reference: &str, want: &dyn Artifact) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    skopeo::copy(
-        &format!("{}/{reference}", airlock.host),
-        dir.path(),
-        true,
-        &[],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("skopeo copy {reference}: {e}"));
-    skopeo::read_dir(dir.path()).assert_matches(want, true);
+    skopeo::pull(&airlock.host, reference, want).await;
 }
 
 async fn digest(airlock: &Airlock, path_and_query: &str, accept: &str) -> (u16, String, String) {

@@ -193,3 +193,13 @@ pub fn read_dir(dir: &Path) -> DirImage {
     }
     out
 }
+
+/// `skopeo copy --all` of `HOST/REFERENCE` and a byte-for-byte comparison with `want`;
+/// panics with skopeo's message when the copy fails.
+pub async fn pull(host: &str, reference: &str, want: &dyn super::image::Artifact) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy(&format!("{host}/{reference}"), dir.path(), true, &[])
+        .await
+        .unwrap_or_else(|e| panic!("skopeo copy --all {host}/{reference}: {e}"));
+    read_dir(dir.path()).assert_matches(want, true);
+}
