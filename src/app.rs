@@ -292,11 +292,7 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Upstream
             },
         );
     }
-    Ok(Upstreams::new(
-        entries,
-        config.server.default_registry.parse()?,
-        config.server.offline,
-    ))
+    Ok(Upstreams::new(entries, config.server.offline))
 }
 
 /// Short names → registries, from every upstream's `aliases`.

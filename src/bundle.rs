@@ -21,7 +21,7 @@ mod write;
 
 use crate::cache::Cache;
 use crate::error::Result;
-use crate::oci::{Digest, ImageRef};
+use crate::oci::Digest;
 use crate::progress::Progress;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -140,9 +140,4 @@ pub fn import(cache: &Cache, input: &mut dyn Read, progress: &Progress) -> Resul
         progress,
         &|| Box::new(maintenance.clone().blocking_lock_owned()),
     )
-}
-
-/// Parse the image references of a selection.
-pub fn parse_refs(images: &[String], default: &crate::oci::Registry) -> Result<Vec<ImageRef>> {
-    images.iter().map(|s| ImageRef::parse(s, default)).collect()
 }

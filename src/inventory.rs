@@ -4,7 +4,7 @@
 //! preload readiness report are built on it.
 
 use crate::error::{Error, Result};
-use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, Repository, children};
+use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, children};
 use crate::store::{BlobStore, Index};
 use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
@@ -40,11 +40,6 @@ impl Closure {
             .iter()
             .filter_map(|d| store.stat(d).ok().flatten())
             .sum()
-    }
-
-    /// Whether at least one platform can be pulled completely.
-    pub fn usable(&self) -> bool {
-        self.platforms.iter().any(|p| p.complete)
     }
 }
 
@@ -215,9 +210,4 @@ pub fn pinned_digests(store: &dyn BlobStore, index: &dyn Index) -> Result<HashSe
 /// does not hold.
 pub fn not_cached(reference: &ImageRef) -> Error {
     Error::ManifestUnknown(format!("{reference} is not in the cache"))
-}
-
-/// Whether `repo` is where `reference` points (for filters).
-pub fn same_repo(reference: &ImageRef, repo: &Repository) -> bool {
-    &reference.repo == repo
 }

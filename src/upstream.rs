@@ -68,33 +68,17 @@ pub struct Entry {
     pub stale_timeout: Duration,
 }
 
-/// The configured upstreams by registry host, and the default registry for bare paths.
+/// The configured upstreams by registry host.
 #[derive(Clone)]
 pub struct Upstreams {
     entries: HashMap<Registry, Entry>,
-    default: Registry,
     offline: bool,
 }
 
 impl Upstreams {
-    /// Upstreams by registry; `default` is where requests naming no registry go. When
-    /// `offline`, no upstream is ever contacted.
-    pub fn new(entries: HashMap<Registry, Entry>, default: Registry, offline: bool) -> Upstreams {
-        Upstreams {
-            entries,
-            default,
-            offline,
-        }
-    }
-
-    /// Whether airlock runs offline.
-    pub fn offline(&self) -> bool {
-        self.offline
-    }
-
-    /// The registry for requests that name none.
-    pub fn default_registry(&self) -> &Registry {
-        &self.default
+    /// Upstreams by registry. When `offline`, no upstream is ever contacted.
+    pub fn new(entries: HashMap<Registry, Entry>, offline: bool) -> Upstreams {
+        Upstreams { entries, offline }
     }
 
     /// Whether `registry` has an upstream.

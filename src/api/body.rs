@@ -42,8 +42,6 @@ pub struct LogLine {
     pub path: String,
     /// Status sent.
     pub status: u16,
-    /// Cache outcome, if the cache was asked.
-    pub cache: &'static str,
     /// `Content-Length` sent, if any: hyper stops polling a body once that much is out.
     pub length: Option<u64>,
     /// Request kind (`manifest`, `blob`, `tags`, `base`, `other`).
@@ -154,7 +152,7 @@ impl Drop for Logged {
             path = %l.path,
             status = l.status,
             bytes = self.bytes,
-            cache = l.cache,
+            cache = l.outcome.map_or("-", crate::cache::Outcome::as_str),
             transfer = self.outcome,
             ms = l.start.elapsed().as_millis() as u64,
         );

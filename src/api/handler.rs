@@ -67,7 +67,6 @@ impl State {
             method: req.method().clone(),
             path,
             status: resp.status().as_u16(),
-            cache: outcome.map_or("-", Outcome::as_str),
             kind: meta.kind,
             registry: metrics.registry_label(&meta.registry).to_string(),
             outcome,

@@ -122,7 +122,8 @@ impl CredentialProvider {
         })
     }
 
-    /// Static credentials (tests, and code that has them at hand).
+    /// Static credentials, for tests.
+    #[cfg(test)]
     pub fn fixed(registry: Registry, credentials: Option<Credentials>) -> CredentialProvider {
         let source = credentials.map_or(Source::Anonymous, Source::Static);
         CredentialProvider {
@@ -144,11 +145,6 @@ impl CredentialProvider {
                 format!("Docker config {} for {}", path.display(), keys[0])
             }
         }
-    }
-
-    /// Whether credentials are configured statically.
-    pub fn is_static(&self) -> bool {
-        matches!(self.source, Source::Static(_))
     }
 
     /// The upstream refused the current credentials: forget them so the next [`get`] asks the
