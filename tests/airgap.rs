@@ -25,13 +25,7 @@ async fn client_config(daemon: &Daemon, client: &str) -> String {
         .cli(&["client-config", client, "--airgap", "--url", &daemon.url()])
         .await;
     assert!(out.status.success(), "{}", text(&out));
-    let printed = String::from_utf8(out.stdout).unwrap();
-    printed
-        .lines()
-        .skip_while(|l| l.starts_with("# /"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
+    support::snippet_body(&String::from_utf8(out.stdout).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -83,21 +83,11 @@ fn client_config(site: &Site, airlock: &Airlock, client: &str, extra: &[&str]) -
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-/// The printed snippet without its `# /path` header line.
-fn body(printed: &str) -> String {
-    printed
-        .lines()
-        .skip_while(|l| l.starts_with("# /"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dockerd_pulls_through_registry_mirrors_and_by_full_name() {
     let site = site().await;
     let airlock = site.airlock().await;
-    let daemon_json = body(&client_config(site, &airlock, "docker", &[]));
+    let daemon_json = support::snippet_body(&client_config(site, &airlock, "docker", &[]));
     let docker = Dockerd::start(&daemon_json).await;
     assert_eq!(
         docker
@@ -173,7 +163,7 @@ async fn podman_pulls_the_default_registry_bare_and_the_other_by_prefix() {
     let site = site().await;
     let airlock = site.airlock().await;
     for extra in [&[][..], &["--airgap"][..]] {
-        let conf = body(&client_config(site, &airlock, "podman", extra));
+        let conf = support::snippet_body(&client_config(site, &airlock, "podman", extra));
         assert!(
             conf.contains(&format!("location = \"{}/ghcr.io\"", airlock.host)),
             "{conf}"

@@ -71,6 +71,11 @@ impl Session {
             .bearer_auth(&self.token)
     }
 
+    /// Send a request; an error answer becomes an error carrying the API's message.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        Self::check(request.send().await?).await
+    }
+
     async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         if resp.status().is_success() {
             return Ok(resp);
@@ -87,7 +92,7 @@ impl Session {
 
     /// GET a JSON answer.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = Self::check(self.request(reqwest::Method::GET, path).send().await?).await?;
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
         Ok(resp.json().await?)
     }
 
@@ -97,13 +102,9 @@ impl Session {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let resp = Self::check(
-            self.request(reqwest::Method::POST, path)
-                .json(body)
-                .send()
-                .await?,
-        )
-        .await?;
+        let resp = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
         Ok(resp.json().await?)
     }
 
@@ -114,13 +115,9 @@ impl Session {
         body: reqwest::Body,
         mut on: impl FnMut(&Event),
     ) -> anyhow::Result<(bool, serde_json::Value)> {
-        let resp = Self::check(
-            self.request(reqwest::Method::POST, path)
-                .body(body)
-                .send()
-                .await?,
-        )
-        .await?;
+        let resp = self
+            .send(self.request(reqwest::Method::POST, path).body(body))
+            .await?;
         let mut lines = resp.bytes_stream();
         let mut buf = Vec::new();
         while let Some(chunk) = lines.next().await {
@@ -147,13 +144,9 @@ impl Session {
         mut on_summary: impl FnMut(&serde_json::Value),
         mut on_chunk: impl FnMut(&[u8]) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let resp = Self::check(
-            self.request(reqwest::Method::POST, path)
-                .json(body)
-                .send()
-                .await?,
-        )
-        .await?;
+        let resp = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
         let summary = resp
             .headers()
             .get("x-airlock-export")

@@ -79,3 +79,13 @@ pub fn wait_http_ready(port: u16, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// A snippet printed by `airlock client-config`, without its `# /path` header line.
+pub fn snippet_body(printed: &str) -> String {
+    printed
+        .lines()
+        .skip_while(|l| l.starts_with("# /"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
