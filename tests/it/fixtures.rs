@@ -1,7 +1,7 @@
 //! Self-test of the integration-test fixtures in `support/`: real registries, pushes, skopeo
 //! pulls, token and htpasswd auth, the scripted faulty upstream, stop/restart and cleanup.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,8 @@ async fn images_are_deterministic_real_tar_gz() {
     let dir = tmp();
     let gz = dir.path().join("layer.tar.gz");
     std::fs::write(&gz, &a.layers[0].data).expect("write layer");
-    let out = std::process::Command::new("sh")
+    let out = crate::support::tools::SH
+        .command()
         .arg("-c")
         .arg("gzip -dc \"$1\" | sha256sum && tar -tzvf \"$1\"")
         .arg("sh")
@@ -572,7 +573,7 @@ async fn child_processes_die_with_the_test_process() {
         let mut child = tokio::process::Command::new(std::env::current_exe().expect("current exe"))
             .args([
                 "--exact",
-                "child_processes_die_with_the_test_process",
+                "fixtures::child_processes_die_with_the_test_process",
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -76,6 +76,17 @@ impl Airlock {
         format!("http://{}", self.host)
     }
 
+    /// `skopeo copy --all` of `reference` (`REPO:TAG`, `REPO@DIGEST`, or with a registry
+    /// prefix) through this airlock, and what arrived.
+    pub async fn try_pull(&self, reference: &str) -> Result<super::skopeo::DirImage, String> {
+        super::skopeo::try_pull(&self.host, reference).await
+    }
+
+    /// [`Airlock::try_pull`], which must succeed and bring exactly `want`, byte for byte.
+    pub async fn pull(&self, reference: &str, want: &dyn super::image::Artifact) {
+        super::skopeo::pull(&self.host, reference, want).await;
+    }
+
     /// The data directory.
     pub fn data(&self) -> &Path {
         self.data.path()

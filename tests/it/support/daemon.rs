@@ -20,6 +20,8 @@ pub struct Daemon {
     /// The configuration file.
     pub config: PathBuf,
     log: PathBuf,
+    /// Variables added to the server's environment (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -32,13 +34,26 @@ impl Daemon {
 
     /// As [`Daemon::start`], with top-level keys (`upstream = []`) written before any section.
     pub async fn start_with_top(top: &str, extra: &str, args: &[&str]) -> Daemon {
+        Daemon::start_full(top, extra, args, &[]).await
+    }
+
+    /// As [`Daemon::start`], with `env` added to the server's environment only.
+    pub async fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_full("", extra, &[], env).await
+    }
+
+    async fn start_full(top: &str, extra: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("airlock-daemon-")
             .tempdir()
             .expect("tempdir");
         let config = dir.path().join("airlock.toml");
         Daemon::write_config(&config, dir.path(), top, extra);
-        Daemon::serve(dir, config, args).await
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Daemon::serve(dir, config, args, env).await
     }
 
     fn write_config(config: &PathBuf, dir: &std::path::Path, top: &str, extra: &str) -> u16 {
@@ -51,7 +66,12 @@ impl Daemon {
         port
     }
 
-    async fn serve(dir: TempDir, config: PathBuf, args: &[&str]) -> Daemon {
+    async fn serve(
+        dir: TempDir,
+        config: PathBuf,
+        args: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Daemon {
         let text = std::fs::read_to_string(&config).expect("config");
         let port: u16 = text
             .split("listen = \"127.0.0.1:")
@@ -62,7 +82,8 @@ impl Daemon {
         let log = dir.path().join("airlock.log");
         let mut argv: Vec<String> = vec!["serve".into(), "-c".into(), config.display().to_string()];
         argv.extend(args.iter().map(|s| s.to_string()));
-        let child = GuardedChild::spawn(BIN, &argv, &dir.path().join("stdout"), &log, &[])
+        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let child = GuardedChild::spawn(BIN, &argv, &dir.path().join("stdout"), &log, &[], &vars)
             .expect("spawn airlock serve");
         let ready = tokio::task::spawn_blocking(move || {
             super::wait_http_ready(port, Duration::from_secs(20))
@@ -75,6 +96,7 @@ impl Daemon {
             dir,
             config,
             log,
+            env,
         };
         assert!(ready, "airlock serve answers on {port}; log:\n{}", d.log());
         d
@@ -87,7 +109,8 @@ impl Daemon {
             std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")),
             self.config.clone(),
         );
-        Daemon::serve(dir, config, args).await
+        let env = std::mem::take(&mut self.env);
+        Daemon::serve(dir, config, args, env).await
     }
 
     /// `127.0.0.1:PORT`.
@@ -98,6 +121,11 @@ impl Daemon {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.host())
+    }
+
+    /// [`super::skopeo::pull`] through this server: must bring exactly `want`.
+    pub async fn pull(&self, reference: &str, want: &dyn super::image::Artifact) {
+        super::skopeo::pull(&self.host(), reference, want).await;
     }
 
     /// The log so far.
@@ -125,7 +153,8 @@ impl Daemon {
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pid = child.pid().to_string();
-            let _ = std::process::Command::new("kill")
+            let _ = crate::support::tools::KILL
+                .command()
                 .args(["-TERM", &pid])
                 .status();
             for _ in 0..300 {

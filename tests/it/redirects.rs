@@ -2,7 +2,7 @@
 //! `Authorization` header goes to the registry's own origin only, never to the CDN. A
 //! scripted pair of servers, because no registry package here redirects to another host.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};

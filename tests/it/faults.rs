@@ -2,7 +2,7 @@
 //! bodies, 429 and 5xx, stalls, a client that leaves mid-fill. Whatever happens, the client's
 //! transfer fails loudly, nothing unverified is cached, and a healthy upstream heals it.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use std::time::Duration;

@@ -3,17 +3,13 @@
 //! that has no upstream at all; every image pulls by tag from the second; a flipped byte is
 //! refused and changes nothing; skopeo reads the bundle itself; and the `cache` commands.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use support::daemon::{Daemon, text};
 use support::image::{Artifact, Image, Index, Platform};
 use support::registry::Registry;
 use support::{push, skopeo};
-
-async fn pull(daemon: &Daemon, reference: &str, want: &dyn Artifact) {
-    skopeo::pull(&daemon.host(), reference, want).await;
-}
 
 fn digests(bundle: &std::path::Path) -> HashSet<String> {
     let mut f = std::fs::File::open(bundle).unwrap();
@@ -45,8 +41,8 @@ async fn bundles_carry_images_to_an_airlock_without_upstream() {
         &[],
     )
     .await;
-    pull(&site, "library/web:1.0", &web).await;
-    pull(&site, "org/app:v1", &app).await;
+    site.pull("library/web:1.0", &web).await;
+    site.pull("org/app:v1", &app).await;
 
     let first = site.dir.path().join("first.tar");
     let out = site
@@ -59,7 +55,7 @@ async fn bundles_carry_images_to_an_airlock_without_upstream() {
         ])
         .await;
     assert!(out.status.success(), "{}", text(&out));
-    pull(&site, "org/later:v1", &later).await;
+    site.pull("org/later:v1", &later).await;
     let second = site.dir.path().join("second.tar");
     let out = site
         .cli(&[
@@ -87,7 +83,8 @@ async fn bundles_carry_images_to_an_airlock_without_upstream() {
     // skopeo reads the bundle itself.
     let dir = tempfile::tempdir().unwrap();
     let src = format!("oci-archive:{}:docker.io/library/web:1.0", first.display());
-    let st = tokio::process::Command::new("skopeo")
+    let st = crate::support::tools::SKOPEO
+        .tokio_command()
         .args([
             "copy",
             "--all",
@@ -129,9 +126,9 @@ async fn bundles_carry_images_to_an_airlock_without_upstream() {
         let out = far.cli(&["import", bundle.to_str().unwrap()]).await;
         assert!(out.status.success(), "{}", text(&out));
     }
-    pull(&far, "library/web:1.0", &web).await;
-    pull(&far, "org/app:v1", &app).await;
-    pull(&far, "org/later:v1", &later).await;
+    far.pull("library/web:1.0", &web).await;
+    far.pull("org/app:v1", &app).await;
+    far.pull("org/later:v1", &later).await;
 
     // The cache commands, against the running far side.
     let ls = String::from_utf8(far.cli(&["cache", "ls"]).await.stdout).unwrap();

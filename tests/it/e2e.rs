@@ -6,7 +6,7 @@
 //! asked for. Every fallback to a real registry goes to a dead proxy, so a broken mirror
 //! cannot hide.
 
-mod support;
+use crate::support;
 
 use airlock::config::Config;
 use support::airlock::Airlock;

@@ -2,13 +2,13 @@
 //! every manifest kind byte for byte, a 64 MiB layer, one upstream fetch per blob, the second
 //! pull local, tags fresh / revalidated / stale, offline by tag.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::airlock::{Airlock, config, upstream};
 use support::image::{ACCEPT_ALL, Artifact, Image, Index, Platform};
+use support::push;
 use support::registry::Registry;
-use support::{push, skopeo};
 use tokio::sync::OnceCell;
 
 static UPSTREAM: OnceCell<Registry> = OnceCell::const_new();
@@ -16,10 +16,6 @@ static UPSTREAM: OnceCell<Registry> = OnceCell::const_new();
 /// One real registry shared by the tests of this file; each test uses its own repositories.
 async fn upstream_registry() -> &'static Registry {
     UPSTREAM.get_or_init(Registry::start).await
-}
-
-async fn pull(airlock: &Airlock, reference: &str, artifact: &dyn Artifact) {
-    skopeo::pull(&airlock.host, reference, artifact).await;
 }
 
 /// Upstream requests whose path mentions `needle`, made after `since` requests had been logged.
@@ -61,7 +57,7 @@ async fn every_manifest_kind_pulls_byte_for_byte_and_the_second_pull_stays_local
     let airlock = Airlock::for_upstream(&reg.url()).await;
     let since = reg.requests().len();
     for (repo, a) in images {
-        pull(&airlock, &format!("{repo}:v1"), a).await;
+        airlock.pull(&format!("{repo}:v1"), a).await;
     }
     for (repo, a) in images {
         for digest in a.blobs().keys() {
@@ -77,7 +73,7 @@ async fn every_manifest_kind_pulls_byte_for_byte_and_the_second_pull_stays_local
 
     let since = reg.requests().len();
     for (repo, a) in images {
-        pull(&airlock, &format!("{repo}:v1"), a).await;
+        airlock.pull(&format!("{repo}:v1"), a).await;
     }
     let seen = requests_since(reg, since, "/v2/kinds/").await;
     assert!(
@@ -141,17 +137,17 @@ async fn with_the_upstream_stopped_a_pulled_image_still_pulls_by_tag() {
     cfg.upstream[0].tag_ttl = Duration::ZERO;
     cfg.upstream[0].connect_timeout = Duration::from_secs(2);
     let airlock = Airlock::start(cfg).await;
-    pull(&airlock, "nginx:1.25", &index).await;
-    pull(&airlock, "org/app:v1", &app).await;
+    airlock.pull("nginx:1.25", &index).await;
+    airlock.pull("org/app:v1", &app).await;
 
     reg.stop().await;
-    pull(&airlock, "nginx:1.25", &index).await;
-    pull(&airlock, "library/nginx:1.25", &index).await;
-    pull(&airlock, "org/app:v1", &app).await;
+    airlock.pull("nginx:1.25", &index).await;
+    airlock.pull("library/nginx:1.25", &index).await;
+    airlock.pull("org/app:v1", &app).await;
 
     // After a restart too: the answers live in the index, not only in memory.
     let airlock = airlock.restart().await;
-    pull(&airlock, "org/app:v1", &app).await;
+    airlock.pull("org/app:v1", &app).await;
 
     // What was never pulled fails with a registry error that says why.
     let resp = support::airlock::client()

@@ -4,7 +4,7 @@
 //! `serve --offline` never contacts its upstream. A blackholed upstream (accepts, never
 //! answers) is marked down, cached tags keep pulling, and it is marked up when it heals.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::airlock::error_code;

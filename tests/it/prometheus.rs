@@ -2,7 +2,7 @@
 //! 127.0.0.1: `promtool check metrics` accepts the exposition, every PromQL expression in
 //! `dashboards/airlock.json` returns data, and every metric it names is one airlock exports.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -77,7 +77,8 @@ async fn prometheus_scrapes_airlock_and_every_dashboard_query_has_data() {
         .unwrap();
 
     // promtool's lint of the exposition.
-    let mut child = tokio::process::Command::new("promtool")
+    let mut child = crate::support::tools::PROMTOOL
+        .tokio_command()
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -130,10 +131,11 @@ async fn prometheus_scrapes_airlock_and_every_dashboard_query_has_data() {
         format!("--web.listen-address=127.0.0.1:{port}"),
     ];
     let _prometheus = GuardedChild::spawn(
-        "prometheus",
+        crate::support::tools::PROMETHEUS.path(),
         &args,
         &dir.path().join("out"),
         &dir.path().join("err"),
+        &[],
         &[],
     )
     .expect("prometheus runs");

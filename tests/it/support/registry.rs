@@ -17,9 +17,6 @@ use super::accesslog::{self, AccessEntry};
 use super::process::GuardedChild;
 use super::token::TokenIssuer;
 
-/// Path of the distribution binary (Debian's docker-registry package).
-pub const REGISTRY_BIN: &str = "docker-registry";
-
 /// How a registry authenticates clients.
 #[derive(Clone, Debug, Default)]
 pub enum Auth {
@@ -345,13 +342,14 @@ impl Inner {
         let args = [std::ffi::OsStr::new("serve"), config.as_os_str()];
         let cleanup = [self.dir.path(), self.storage.path()];
         let child = GuardedChild::spawn(
-            REGISTRY_BIN,
+            super::tools::REGISTRY.path(),
             &args,
             &self.out_path(),
             &self.err_path(),
             &cleanup,
+            &[],
         )
-        .map_err(|e| format!("spawn {REGISTRY_BIN}: {e}"))?;
+        .map_err(|e| format!("spawn {}: {e}", super::tools::REGISTRY.path))?;
         let result = wait_ready(self.port, &child);
         if let Err(why) = result {
             drop(child);
@@ -438,7 +436,7 @@ fn wait_ready(port: u16, child: &GuardedChild) -> Result<(), String> {
 }
 
 fn write_htpasswd(path: &Path, user: &str, pass: &str) {
-    let out = Command::new("htpasswd")
+    let out = Command::new(super::tools::HTPASSWD.path())
         .args(["-Bbn", user, pass])
         .output()
         .expect("run htpasswd (apache2-utils)");

@@ -2,7 +2,7 @@
 //! download in flight, stale answers while the upstream fails) and the exact counter values
 //! that must follow, read from `/metrics` on the admin listener.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::airlock::{Airlock, client, config, upstream};

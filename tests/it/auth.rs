@@ -2,25 +2,14 @@
 //! flow, with a token issuer from the fixtures) and behind htpasswd Basic auth (the ECR and
 //! Artifactory flow), with credentials from the config, a file or the environment.
 
-mod support;
+use crate::support;
 
 use support::airlock::{Airlock, client, config, error_code, upstream};
+use support::daemon::Daemon;
 use support::image::{ACCEPT_ALL, Image, Index, Platform};
 use support::registry::Registry;
 use support::token::TokenIssuer;
 use support::{push, skopeo};
-
-async fn pull(airlock: &Airlock, reference: &str) -> Result<skopeo::DirImage, String> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    skopeo::copy(
-        &format!("{}/{reference}", airlock.host),
-        dir.path(),
-        true,
-        &[],
-    )
-    .await?;
-    Ok(skopeo::read_dir(dir.path()))
-}
 
 async fn manifest_status(airlock: &Airlock, path: &str) -> (u16, String) {
     let resp = client()
@@ -48,7 +37,8 @@ async fn token_auth_anonymous_pulls_reuse_one_token_per_repository() {
     let registry = Registry::start_token(&issuer, &plain).await;
     let airlock = Airlock::for_upstream(&registry.url()).await;
 
-    pull(&airlock, "alpine:3.19")
+    airlock
+        .try_pull("alpine:3.19")
         .await
         .expect("pull")
         .assert_matches(&index, true);
@@ -69,7 +59,8 @@ async fn token_auth_anonymous_pulls_reuse_one_token_per_repository() {
     );
 
     // Another tag of the same repository: the token is reused.
-    pull(&airlock, "alpine:latest")
+    airlock
+        .try_pull("alpine:latest")
         .await
         .expect("pull")
         .assert_matches(&index, true);
@@ -80,7 +71,8 @@ async fn token_auth_anonymous_pulls_reuse_one_token_per_repository() {
     );
 
     // Another repository needs its own token.
-    pull(&airlock, "org/other:v1")
+    airlock
+        .try_pull("org/other:v1")
         .await
         .expect("pull")
         .assert_matches(&other, true);
@@ -101,13 +93,14 @@ async fn token_auth_with_credentials_and_without() {
         manifest_status(&anonymous, "team/private/manifests/v1").await,
         (401, "UNAUTHORIZED".into())
     );
-    assert!(pull(&anonymous, "team/private:v1").await.is_err());
+    assert!(anonymous.try_pull("team/private:v1").await.is_err());
 
     let mut cfg = config(vec![upstream("docker.io", &registry.url())]);
     cfg.upstream[0].username = Some("testuser".into());
     cfg.upstream[0].password = Some(airlock::config::Secret("testpass".into()));
     let with_creds = Airlock::start(cfg).await;
-    pull(&with_creds, "team/private:v1")
+    with_creds
+        .try_pull("team/private:v1")
         .await
         .expect("pull with credentials")
         .assert_matches(&img, true);
@@ -148,7 +141,8 @@ async fn basic_auth_with_a_password_file_or_variable_and_without() {
     cfg.upstream[0].username = Some("testuser".into());
     cfg.upstream[0].password_file = Some(file);
     let from_file = Airlock::start(cfg).await;
-    pull(&from_file, "ecr/app:v1")
+    from_file
+        .try_pull("ecr/app:v1")
         .await
         .expect("pull with a password file")
         .assert_matches(&img, true);
@@ -157,14 +151,13 @@ async fn basic_auth_with_a_password_file_or_variable_and_without() {
         1
     );
 
-    // SAFETY: no other thread of this test binary reads or writes this variable.
-    unsafe { std::env::set_var("AIRLOCK_TEST_BASIC_PASSWORD", "testpass") };
-    let mut cfg = config(vec![upstream("docker.io", &registry.url())]);
-    cfg.upstream[0].username = Some("testuser".into());
-    cfg.upstream[0].password_env = Some("AIRLOCK_TEST_BASIC_PASSWORD".into());
-    let from_env = Airlock::start(cfg).await;
-    pull(&from_env, "ecr/app:v1")
-        .await
-        .expect("pull with a password variable")
-        .assert_matches(&img, true);
+    // The variable is set for the server process only: the test process's environment is
+    // shared by every test of the binary and is never changed.
+    let section = format!(
+        "[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\nusername = \"testuser\"\npassword_env = \"AIRLOCK_TEST_BASIC_PASSWORD\"\n",
+        registry.url()
+    );
+    let from_env =
+        Daemon::start_with_env(&section, &[("AIRLOCK_TEST_BASIC_PASSWORD", "testpass")]).await;
+    skopeo::pull(&from_env.host(), "ecr/app:v1", &img).await;
 }

@@ -3,7 +3,7 @@
 //! blob being served, and every listed image still pulls offline), purges, garbage collection
 //! and verification (a corrupted blob is quarantined and fetched again).
 
-mod support;
+use crate::support;
 
 use airlock::gc::{self, Cap};
 use airlock::oci::{ImageRef, Registry as RegistryName};
@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use support::airlock::{Airlock, config, upstream};
 use support::image::{Artifact, Image, ImageBuilder};
+use support::push;
 use support::registry::Registry;
-use support::{push, skopeo};
 use tokio::sync::OnceCell;
 
 const MIB: usize = 1 << 20;
@@ -33,20 +33,6 @@ async fn airlock_for(reg: &Registry, max_size: Option<u64>) -> Airlock {
     cfg.storage.max_size = max_size.map(airlock::config::ByteSize);
     cfg.storage.eviction_interval = Duration::from_secs(3600);
     Airlock::start(cfg).await
-}
-
-async fn try_pull(airlock: &Airlock, reference: &str) -> Result<skopeo::DirImage, String> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = format!("{}/{reference}", airlock.host);
-    skopeo::copy(&src, dir.path(), true, &[]).await?;
-    Ok(skopeo::read_dir(dir.path()))
-}
-
-async fn pull(airlock: &Airlock, reference: &str, artifact: &dyn Artifact) {
-    try_pull(airlock, reference)
-        .await
-        .unwrap_or_else(|e| panic!("skopeo copy {reference} through airlock: {e}"))
-        .assert_matches(artifact, true);
 }
 
 /// A cap of `max` bytes with the default watermarks.
@@ -143,7 +129,7 @@ async fn a_size_cap_evicts_least_recently_used_images_but_never_pins_or_shared_l
     ];
     for ((name, image), (pulled, evicted, kept)) in order.iter().zip(steps) {
         assert_eq!(*name, pulled);
-        pull(&airlock, &format!("evict/{name}:v1"), *image).await;
+        airlock.pull(&format!("evict/{name}:v1"), *image).await;
         let removal = gc::evict(cache, cap).await.expect("evict");
         let tag = |n: &&str| full(&format!("evict/{n}:v1"));
         assert_eq!(
@@ -190,13 +176,11 @@ async fn a_size_cap_evicts_least_recently_used_images_but_never_pins_or_shared_l
     };
     for reference in listed(cache) {
         let (name, image) = name_of(&reference).expect("an image of this test");
-        pull(&airlock, &format!("evict/{name}:v1"), *image).await;
+        airlock.pull(&format!("evict/{name}:v1"), *image).await;
     }
     for name in ["d", "a", "e", "b"] {
         assert!(
-            try_pull(&airlock, &format!("evict/{name}:v1"))
-                .await
-                .is_err(),
+            airlock.try_pull(&format!("evict/{name}:v1")).await.is_err(),
             "{name} is gone"
         );
     }
@@ -212,8 +196,8 @@ async fn a_blob_being_served_survives_evict_remove_and_collect() {
     push::push(&reg.url(), "inuse/small", &["v1"], &small).await;
     let airlock = airlock_for(reg, None).await;
     let cache = airlock.cache();
-    pull(&airlock, "inuse/big:v1", &big).await;
-    pull(&airlock, "inuse/small:v1", &small).await;
+    airlock.pull("inuse/big:v1", &big).await;
+    airlock.pull("inuse/small:v1", &small).await;
     let layer = &big.layers[0];
     let digest = layer.digest.parse().expect("digest");
 
@@ -286,8 +270,8 @@ async fn removing_an_image_keeps_what_another_image_shares() {
     push::push(&reg.url(), "rm/two", &["v1"], &two).await;
     let airlock = airlock_for(&reg, None).await;
     let cache = airlock.cache();
-    pull(&airlock, "rm/one:v1", &one).await;
-    pull(&airlock, "rm/two:v1", &two).await;
+    airlock.pull("rm/one:v1", &one).await;
+    airlock.pull("rm/two:v1", &two).await;
     cache
         .index()
         .set_pinned(&full("rm/one:v1"), true)
@@ -314,8 +298,8 @@ async fn removing_an_image_keeps_what_another_image_shares() {
     assert_eq!(listed(cache), BTreeSet::from([full("rm/two:v1")]));
 
     reg.stop().await;
-    pull(&airlock, "rm/two:v1", &two).await;
-    assert!(try_pull(&airlock, "rm/one:v1").await.is_err());
+    airlock.pull("rm/two:v1", &two).await;
+    assert!(airlock.try_pull("rm/one:v1").await.is_err());
 
     // By digest: the tags naming it go too, and with the last user the base.
     let removal = gc::remove(cache, &image_ref(&format!("rm/two@{}", two.digest)))
@@ -341,15 +325,17 @@ async fn collection_removes_what_no_tag_or_pin_reaches() {
     }
     let airlock = airlock_for(reg, None).await;
     let cache = airlock.cache();
-    pull(&airlock, "gc/tagged:v1", &tagged).await;
+    airlock.pull("gc/tagged:v1", &tagged).await;
     // Pulled by digest only: no tag record; one of them pinned by digest.
     let by_digest = format!("gc/pinned@{}", pinned.digest);
-    pull(&airlock, &by_digest, &pinned).await;
+    airlock.pull(&by_digest, &pinned).await;
     cache
         .index()
         .set_pinned(&full(&by_digest), true)
         .expect("pin");
-    pull(&airlock, &format!("gc/loose@{}", loose.digest), &loose).await;
+    airlock
+        .pull(&format!("gc/loose@{}", loose.digest), &loose)
+        .await;
 
     let removal = gc::collect(cache).await.expect("gc");
     assert!(removal.images.is_empty());
@@ -373,7 +359,7 @@ async fn verify_quarantines_a_corrupt_blob_and_the_next_pull_fetches_it_again() 
     push::push(&reg.url(), "verify/app", &["v1"], &image).await;
     let airlock = airlock_for(reg, None).await;
     let cache = airlock.cache();
-    pull(&airlock, "verify/app:v1", &image).await;
+    airlock.pull("verify/app:v1", &image).await;
     let layer = &image.layers[0];
     let path = airlock.blob_path(&layer.digest);
     let mut bytes = std::fs::read(&path).expect("stored layer");
@@ -415,7 +401,7 @@ async fn verify_quarantines_a_corrupt_blob_and_the_next_pull_fetches_it_again() 
     );
 
     assert_eq!(reg.blob_gets("verify/app", &layer.digest).await, 1);
-    pull(&airlock, "verify/app:v1", &image).await;
+    airlock.pull("verify/app:v1", &image).await;
     assert_eq!(
         reg.blob_gets("verify/app", &layer.digest).await,
         2,

@@ -70,17 +70,6 @@ pub const DEAD_PROXY: &str = "http://127.0.0.1:1";
 /// Default bound on one pull (and on any other tool command) before it is killed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// dockerd binary (Debian docker.io 20.10).
-pub const DOCKERD_BIN: &str = "dockerd";
-/// docker CLI binary (28.x in /usr/local/bin; talks to the 20.10 daemon by API negotiation).
-pub const DOCKER_BIN: &str = "docker";
-/// containerd binary (1.6).
-pub const CONTAINERD_BIN: &str = "containerd";
-/// ctr binary (ships with containerd).
-pub const CTR_BIN: &str = "ctr";
-/// podman binary (4.3).
-pub const PODMAN_BIN: &str = "podman";
-
 /// The containerd namespace [`Containerd`] uses for its images.
 pub const CTR_NAMESPACE: &str = "e2e";
 
@@ -162,14 +151,14 @@ impl Dockerd {
             config_path.into_os_string(),
         ];
         let daemon = Daemon::spawn(
-            DOCKERD_BIN,
+            super::tools::DOCKERD.path(),
             &args,
             &docker.daemon_log_path(),
             &docker.dir,
             20,
             &proxy_env(),
         )
-        .map_err(|e| format!("spawn {DOCKERD_BIN}: {e}"))?;
+        .map_err(|e| format!("spawn {}: {e}", super::tools::DOCKERD.path))?;
         docker.daemon = Some(daemon);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -244,7 +233,7 @@ impl Dockerd {
         let remove = ["DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY"];
         run_tool(
             &self.dir.join("logs"),
-            DOCKER_BIN,
+            super::tools::DOCKER.path(),
             &all,
             &env,
             &remove,
@@ -381,14 +370,14 @@ impl Containerd {
         std::fs::write(&config_path, config).map_err(|e| format!("write config.toml: {e}"))?;
         let args = [OsString::from("--config"), config_path.into_os_string()];
         let daemon = Daemon::spawn(
-            CONTAINERD_BIN,
+            super::tools::CONTAINERD.path(),
             &args,
             &ctd.daemon_log_path(),
             &ctd.dir,
             10,
             &proxy_env(),
         )
-        .map_err(|e| format!("spawn {CONTAINERD_BIN}: {e}"))?;
+        .map_err(|e| format!("spawn {}: {e}", super::tools::CONTAINERD.path))?;
         ctd.daemon = Some(daemon);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -462,7 +451,7 @@ impl Containerd {
         let remove = ["CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE"];
         run_tool(
             &self.dir.join("logs"),
-            CTR_BIN,
+            super::tools::CTR.path(),
             &all,
             &proxy_env(),
             &remove,
@@ -623,7 +612,15 @@ impl Podman {
         env.push(("TMPDIR".into(), self.dir.join("tmp").into()));
         let remove = ["CONTAINER_HOST", "CONTAINER_CONNECTION", "CONTAINERS_CONF"];
         let logs = self.dir.join("logs");
-        run_tool(&logs, PODMAN_BIN, &all, &env, &remove, self.timeout).await
+        run_tool(
+            &logs,
+            super::tools::PODMAN.path(),
+            &all,
+            &env,
+            &remove,
+            self.timeout,
+        )
+        .await
     }
 
     /// Write an auth.json with Basic credentials for `host` ("HOST:PORT"; podman 4.3 sends
@@ -707,7 +704,7 @@ fn remove_dir_forcefully(dir: &Path) {
         return;
     }
     unmount_under(dir);
-    let _ = Command::new("chmod")
+    let _ = Command::new(super::tools::CHMOD.path())
         .arg("-R")
         .arg("u+rwX")
         .arg(dir)
@@ -730,7 +727,7 @@ fn unmount_under(dir: &Path) {
         .collect();
     points.sort();
     for m in points.iter().rev() {
-        let _ = Command::new("umount")
+        let _ = Command::new(super::tools::UMOUNT.path())
             .arg("-l")
             .arg(m)
             .stdout(Stdio::null())
@@ -839,7 +836,7 @@ impl Daemon {
         grace_secs: u64,
         env: &[(OsString, OsString)],
     ) -> std::io::Result<Daemon> {
-        let mut cmd = Command::new("sh");
+        let mut cmd = Command::new(super::tools::SH.path());
         cmd.arg("-c")
             .arg(DAEMON_GUARD)
             .arg("airlock-runtime-guard")
@@ -885,7 +882,7 @@ impl Drop for Daemon {
             match self.guard.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) if Instant::now() >= deadline => {
-                    let _ = Command::new("kill")
+                    let _ = Command::new(super::tools::KILL.path())
                         .arg("-KILL")
                         .arg(self.pid.to_string())
                         .status();
@@ -930,9 +927,12 @@ async fn run_tool(
         .collect::<Vec<_>>()
         .join(" ");
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let out = logs.join(format!("{n:04}-{program}.out"));
-    let err = logs.join(format!("{n:04}-{program}.err"));
-    let mut cmd = tokio::process::Command::new("sh");
+    let name = Path::new(program)
+        .file_name()
+        .map_or("tool".into(), |n| n.to_string_lossy());
+    let out = logs.join(format!("{n:04}-{name}.out"));
+    let err = logs.join(format!("{n:04}-{name}.err"));
+    let mut cmd = tokio::process::Command::new(super::tools::SH.path());
     cmd.arg("-c")
         .arg(RUN_GUARD)
         .arg("airlock-run-guard")

@@ -4,9 +4,8 @@
 //! carries only what the previous one lacks; a corrupt, truncated or incomplete bundle is
 //! refused and leaves the target cache exactly as it was.
 
-#[path = "bundles/archive.rs"]
 mod archive;
-mod support;
+use crate::support;
 
 use airlock::bundle::{self, Selection};
 use airlock::oci::Digest;
@@ -28,10 +27,6 @@ async fn upstream_registry() -> &'static Registry {
 }
 
 /// `skopeo copy --all` `reference` from `airlock` and compare every byte with `artifact`.
-async fn pull(airlock: &Airlock, reference: &str, artifact: &dyn Artifact) {
-    skopeo::pull(&airlock.host, reference, artifact).await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_carries_images_to_an_airlock_without_upstream() {
     let reg = upstream_registry().await;
@@ -48,7 +43,7 @@ async fn a_bundle_carries_images_to_an_airlock_without_upstream() {
     }
     let src = Airlock::for_upstream(&reg.url()).await;
     for (repo, tag, a) in images {
-        pull(&src, &format!("{repo}:{tag}"), a).await;
+        src.pull(&format!("{repo}:{tag}"), a).await;
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -127,7 +122,7 @@ async fn a_bundle_carries_images_to_an_airlock_without_upstream() {
         "imports are pinned"
     );
     for (repo, tag, a) in images {
-        pull(&dst, &format!("{repo}:{tag}"), a).await;
+        dst.pull(&format!("{repo}:{tag}"), a).await;
     }
     // Importing again changes nothing and counts everything as known.
     let before = snapshot(dst.cache());
@@ -145,8 +140,8 @@ async fn skopeo_reads_images_straight_from_a_bundle() {
     push::push(&reg.url(), "library/sk-index", &["1.25"], &index).await;
     push::push(&reg.url(), "org/sk-image", &["v2"], &image).await;
     let src = Airlock::for_upstream(&reg.url()).await;
-    pull(&src, "sk-index:1.25", &index).await;
-    pull(&src, "org/sk-image:v2", &image).await;
+    src.pull("sk-index:1.25", &index).await;
+    src.pull("org/sk-image:v2", &image).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bundle.tar");
     let chosen = selection(&["sk-index:1.25", "org/sk-image:v2"]);
@@ -181,7 +176,7 @@ async fn skopeo_reads_images_straight_from_a_bundle() {
         .await
         .expect("import skopeo's archive");
     assert_eq!(report.images, [name]);
-    pull(&dst, "sk-index:1.25", &index).await;
+    dst.pull("sk-index:1.25", &index).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,8 +196,8 @@ async fn an_incremental_bundle_carries_only_what_the_previous_one_lacks() {
     push::push(&reg.url(), "library/inc-idx", &["2"], &idx).await;
     push::push(&reg.url(), "org/inc-new", &["3"], &new).await;
     let src = Airlock::for_upstream(&reg.url()).await;
-    pull(&src, "org/inc-base:1", &base).await;
-    pull(&src, "inc-idx:2", &idx).await;
+    src.pull("org/inc-base:1", &base).await;
+    src.pull("inc-idx:2", &idx).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (dir.path().join("a.tar"), dir.path().join("b.tar"));
@@ -217,7 +212,7 @@ async fn an_incremental_bundle_carries_only_what_the_previous_one_lacks() {
     );
     assert_eq!(blobs_in(&a), digests_of(&[&base, &idx]));
 
-    pull(&src, "org/inc-new:3", &new).await;
+    src.pull("org/inc-new:3", &new).await;
     let since = bundle::bundle_digests(&mut std::fs::File::open(&a).unwrap()).expect("digests");
     let since_text: BTreeSet<String> = since.iter().map(Digest::to_string).collect();
     assert_eq!(since_text, blobs_in(&a));
@@ -254,9 +249,9 @@ async fn an_incremental_bundle_carries_only_what_the_previous_one_lacks() {
     import(dst.cache(), &a).await.expect("import A");
     let report = import(dst.cache(), &b).await.expect("import B after A");
     assert_eq!((report.new_blobs, report.known_blobs), (3, 0));
-    pull(&dst, "org/inc-base:1", &base).await;
-    pull(&dst, "inc-idx:2", &idx).await;
-    pull(&dst, "org/inc-new:3", &new).await;
+    dst.pull("org/inc-base:1", &base).await;
+    dst.pull("inc-idx:2", &idx).await;
+    dst.pull("org/inc-new:3", &new).await;
 
     // An image the cache does not hold is named in the error.
     let err = bundle::plan_export(src.cache(), &selection(&["nope:1"]), &HashSet::new())
@@ -276,8 +271,8 @@ async fn corrupt_and_truncated_bundles_leave_the_cache_unchanged() {
     push::push(&reg.url(), "org/bad-one", &["1"], &one).await;
     push::push(&reg.url(), "org/bad-two", &["2"], &two).await;
     let src = Airlock::for_upstream(&reg.url()).await;
-    pull(&src, "org/bad-one:1", &one).await;
-    pull(&src, "org/bad-two:2", &two).await;
+    src.pull("org/bad-one:1", &one).await;
+    src.pull("org/bad-two:2", &two).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (b1, b2) = (dir.path().join("one.tar"), dir.path().join("two.tar"));
     export(
@@ -350,6 +345,6 @@ async fn corrupt_and_truncated_bundles_leave_the_cache_unchanged() {
 
     // The intact bundle still imports, and both images pull.
     import(dst.cache(), &b2).await.expect("import two");
-    pull(&dst, "org/bad-one:1", &one).await;
-    pull(&dst, "org/bad-two:2", &two).await;
+    dst.pull("org/bad-one:1", &one).await;
+    dst.pull("org/bad-two:2", &two).await;
 }

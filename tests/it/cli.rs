@@ -1,7 +1,7 @@
 //! The `airlock` binary as a user runs it: `check-config` on good and bad files, `serve` from
 //! the README's minimal file and from the built-in defaults, graceful exit on SIGTERM.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -119,7 +119,8 @@ async fn wait_ready(child: &mut Child, port: u16) {
 
 async fn stop_with(child: &mut Child, signal: &str) -> String {
     let pid = child.id().expect("pid").to_string();
-    let sent = std::process::Command::new("kill")
+    let sent = crate::support::tools::KILL
+        .command()
         .args([signal, &pid])
         .status()
         .expect("kill");

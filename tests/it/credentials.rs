@@ -3,7 +3,7 @@
 //! `config.json`, and runs it again when the upstream refuses what it gave. Against a real
 //! htpasswd (Basic auth) registry; without the helper the pull fails with UNAUTHORIZED.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -79,7 +79,8 @@ async fn start(config: &str, path_extra: Option<&Path>) -> (Child, u16, tempfile
 }
 
 async fn stop(mut child: Child) -> String {
-    let _ = std::process::Command::new("kill")
+    let _ = crate::support::tools::KILL
+        .command()
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
@@ -92,19 +93,6 @@ async fn stop(mut child: Child) -> String {
         .await
         .unwrap();
     log
-}
-
-async fn pull(port: u16, reference: &str, img: &Image) {
-    let dir = tempfile::tempdir().unwrap();
-    skopeo::copy(
-        &format!("127.0.0.1:{port}/{reference}"),
-        dir.path(),
-        true,
-        &[],
-    )
-    .await
-    .expect("pull through airlock");
-    skopeo::read_dir(dir.path()).assert_matches(img, true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -139,7 +127,7 @@ async fn a_credential_helper_on_path_supplies_and_refreshes_basic_credentials() 
         Some(helper.path()),
     )
     .await;
-    pull(port, "team/app:v1", &img).await;
+    skopeo::pull(&format!("127.0.0.1:{port}"), "team/app:v1", &img).await;
     let log = stop(child).await;
     let seen = calls(helper.path());
     assert_eq!(seen.len(), 2, "run once, refused, run again: {seen:?}");
@@ -174,7 +162,12 @@ async fn dockers_config_json_names_the_helper() {
         registry.url()
     );
     let (child, port, _d) = start(&config, Some(helper.path())).await;
-    pull(port, "ecr.example.internal/team/app:v1", &img).await;
+    skopeo::pull(
+        &format!("127.0.0.1:{port}"),
+        "ecr.example.internal/team/app:v1",
+        &img,
+    )
+    .await;
     stop(child).await;
     assert_eq!(calls(helper.path()), [host.clone(), host]);
 }

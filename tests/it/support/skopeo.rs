@@ -79,7 +79,7 @@ pub async fn copy_with(
     } else {
         format!("docker://{src_ref}")
     };
-    let mut cmd = tokio::process::Command::new("skopeo");
+    let mut cmd = crate::support::tools::SKOPEO.tokio_command();
     cmd.arg("copy").arg("--src-tls-verify=false");
     if opts.all {
         cmd.arg("--all");
@@ -194,12 +194,18 @@ pub fn read_dir(dir: &Path) -> DirImage {
     out
 }
 
+/// `skopeo copy --all` of `HOST/REFERENCE` into a temporary `dir:`, read back.
+pub async fn try_pull(host: &str, reference: &str) -> Result<DirImage, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy(&format!("{host}/{reference}"), dir.path(), true, &[]).await?;
+    Ok(read_dir(dir.path()))
+}
+
 /// `skopeo copy --all` of `HOST/REFERENCE` and a byte-for-byte comparison with `want`;
 /// panics with skopeo's message when the copy fails.
 pub async fn pull(host: &str, reference: &str, want: &dyn super::image::Artifact) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy(&format!("{host}/{reference}"), dir.path(), true, &[])
+    try_pull(host, reference)
         .await
-        .unwrap_or_else(|e| panic!("skopeo copy --all {host}/{reference}: {e}"));
-    read_dir(dir.path()).assert_matches(want, true);
+        .unwrap_or_else(|e| panic!("skopeo copy --all {host}/{reference}: {e}"))
+        .assert_matches(want, true);
 }

@@ -2,7 +2,7 @@
 //! overlong names, malformed digests, unknown algorithms, huge headers, push methods. And a
 //! blob is served under a repository only if it belongs there: no leak across names.
 
-mod support;
+use crate::support;
 
 use support::airlock::{Airlock, client, error_code, raw_get, raw_request};
 use support::image::{ACCEPT_ALL, Image};

@@ -46,15 +46,17 @@ impl GuardedChild {
     /// Start `program args...` with stdout appended to `stdout_path`, stderr appended to
     /// `stderr_path` and stdin from /dev/null. If the test process exits without stopping it,
     /// the guard also deletes each `cleanup` directory whose path contains "/airlock-".
+    /// `env` is added to the program's environment (the test process's own is never changed).
     pub fn spawn<S: AsRef<OsStr>>(
         program: &str,
         args: &[S],
         stdout_path: &Path,
         stderr_path: &Path,
         cleanup: &[&Path],
+        env: &[(&str, &str)],
     ) -> std::io::Result<GuardedChild> {
         let cleanup: Vec<String> = cleanup.iter().map(|p| p.display().to_string()).collect();
-        let mut guard = Command::new("sh")
+        let mut guard = Command::new(super::tools::SH.path())
             .arg("-c")
             .arg(GUARD)
             .arg("airlock-fixture-guard")
@@ -63,6 +65,7 @@ impl GuardedChild {
             .arg(stderr_path)
             .arg(cleanup.join("\n"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -109,7 +112,7 @@ impl GuardedChild {
             match self.guard.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) if Instant::now() >= deadline => {
-                    let _ = Command::new("kill")
+                    let _ = Command::new(super::tools::KILL.path())
                         .arg("-KILL")
                         .arg(self.pid.to_string())
                         .status();

@@ -3,17 +3,13 @@
 //! each reach the right upstream; the same repository name on two registries never mixes;
 //! a registry without an upstream is named in the error; airlocks chain.
 
-mod support;
+use crate::support;
 
 use support::airlock::{Airlock, client, config, error_code, upstream};
-use support::image::{ACCEPT_ALL, Artifact, Image, Index, Platform};
+use support::image::{ACCEPT_ALL, Image, Index, Platform};
+use support::push;
 use support::registry::Registry;
 use support::token::TokenIssuer;
-use support::{push, skopeo};
-
-async fn pull(airlock: &Airlock, reference: &str, want: &dyn Artifact) {
-    skopeo::pull(&airlock.host, reference, want).await;
-}
 
 async fn digest(airlock: &Airlock, path_and_query: &str, accept: &str) -> (u16, String, String) {
     let resp = client()
@@ -55,9 +51,9 @@ async fn the_same_name_on_two_registries_never_mixes_whatever_the_route() {
     .await;
 
     // skopeo (podman's library): bare → the default registry, prefix and alias → ghcr.io.
-    pull(&airlock, "org/app:v1", &hub_img).await;
-    pull(&airlock, "ghcr.io/org/app:v1", &ghcr_img).await;
-    pull(&airlock, "gh/org/app:v1", &ghcr_img).await;
+    airlock.pull("org/app:v1", &hub_img).await;
+    airlock.pull("ghcr.io/org/app:v1", &ghcr_img).await;
+    airlock.pull("gh/org/app:v1", &ghcr_img).await;
     // containerd's ?ns=, and curl's Accept: */* (asks upstream for current types, not schema 1).
     let m = "/v2/org/app/manifests/v1";
     assert_eq!(
@@ -138,12 +134,12 @@ async fn a_site_airlock_chained_to_a_central_one_needs_no_upstream_once_central_
     .await;
 
     // The central cache gets the images first.
-    pull(&central, "org/app:v1", &hub_img).await;
-    pull(&central, "ghcr.io/org/app:v1", &ghcr_img).await;
+    central.pull("org/app:v1", &hub_img).await;
+    central.pull("ghcr.io/org/app:v1", &ghcr_img).await;
     let (hub_seen, ghcr_seen) = (hub.requests().len(), ghcr.requests().len());
     // The site cache misses, asks central, and central answers from its cache.
-    pull(&site, "org/app:v1", &hub_img).await;
-    pull(&site, "ghcr.io/org/app:v1", &ghcr_img).await;
+    site.pull("org/app:v1", &hub_img).await;
+    site.pull("ghcr.io/org/app:v1", &ghcr_img).await;
     hub.wait_for_log_quiet().await;
     ghcr.wait_for_log_quiet().await;
     assert_eq!(
@@ -157,7 +153,7 @@ async fn a_site_airlock_chained_to_a_central_one_needs_no_upstream_once_central_
         "no request reached ghcr.io's upstream"
     );
     // What central does not have yet passes through it, to the right registry.
-    pull(&site, "ghcr.io/org/later:v1", &later).await;
+    site.pull("ghcr.io/org/later:v1", &later).await;
     assert_eq!(
         ghcr.blob_gets("org/later", &later.layers[0].digest).await,
         1

@@ -2,25 +2,13 @@
 //! from eviction and gc, and a pinned image whose manifest is lost pauses removal instead of
 //! letting its layers go (past the gap they could not be fetched again).
 
-mod support;
+use crate::support;
 
 use airlock::gc;
 use support::airlock::{Airlock, upstream};
 use support::image::{ACCEPT_ALL, Image};
+use support::push;
 use support::registry::Registry;
-use support::{push, skopeo};
-
-async fn pull(airlock: &Airlock, reference: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    skopeo::copy(
-        &format!("{}/{reference}", airlock.host),
-        dir.path(),
-        true,
-        &[],
-    )
-    .await
-    .expect("pull");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pinned_tag_that_moves_keeps_its_old_content() {
@@ -31,7 +19,7 @@ async fn a_pinned_tag_that_moves_keeps_its_old_content() {
     let mut cfg = support::airlock::config(vec![upstream("docker.io", &reg.url())]);
     cfg.upstream[0].tag_ttl = std::time::Duration::ZERO;
     let airlock = Airlock::start(cfg).await;
-    pull(&airlock, "org/app:v1").await;
+    airlock.try_pull("org/app:v1").await.expect("pull");
     let answer: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{}/admin/pin", airlock_admin(&airlock)))
         .bearer_auth(airlock_token(&airlock))
@@ -53,7 +41,7 @@ async fn a_pinned_tag_that_moves_keeps_its_old_content() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["docker-content-digest"], new.digest.as_str());
-    pull(&airlock, "org/app:v1").await;
+    airlock.try_pull("org/app:v1").await.expect("pull");
 
     // Nothing references the old manifest by tag any more, but its pin remembers it.
     gc::collect(airlock.cache()).await.expect("gc");
@@ -78,7 +66,7 @@ async fn a_pinned_image_without_its_manifest_pauses_removal() {
     let img = Image::oci("pin-lost", &[40_000]);
     push::push(&reg.url(), "org/lost", &["v1"], &img).await;
     let airlock = Airlock::for_upstream(&reg.url()).await;
-    pull(&airlock, "org/lost:v1").await;
+    airlock.try_pull("org/lost:v1").await.expect("pull");
     airlock
         .cache()
         .index()

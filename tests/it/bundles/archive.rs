@@ -138,7 +138,7 @@ pub async fn skopeo_from_archive(
 
 /// `skopeo copy --all --src-tls-verify=false SRC DST`, any transports.
 pub async fn skopeo_copy(src: &str, dst: &str) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new("skopeo");
+    let mut cmd = crate::support::tools::SKOPEO.tokio_command();
     cmd.args(["copy", "--all", "--src-tls-verify=false", src, dst])
         .stdin(std::process::Stdio::null())
         .env("NO_PROXY", "*")

@@ -2,7 +2,7 @@
 //! (HTTP/2 and HTTP/1.1 by ALPN, verified by skopeo and curl), and an upstream registry
 //! serving HTTPS, trusted through `ca_file`, refused without it, or accepted with `insecure`.
 
-mod support;
+use crate::support;
 
 use airlock::config::TlsConfig;
 use support::airlock::{Airlock, client, config, error_code, upstream};
@@ -12,7 +12,8 @@ use support::registry::{Registry, RegistryOptions};
 use support::{push, skopeo};
 
 fn curl_http_version(args: &[&str], url: &str) -> String {
-    let out = std::process::Command::new("curl")
+    let out = crate::support::tools::CURL
+        .command()
         .args([
             "-sS",
             "-o",
