@@ -152,12 +152,12 @@ async fn basic_auth_with_a_password_file_or_variable_and_without() {
     );
 
     // The variable is set for the server process only: the test process's environment is
-    // shared by every test of the binary and is never changed.
+    // shared by every test of the binary and is never changed. (Not AIRLOCK_*: those are
+    // configuration keys, and airlock refuses unknown ones.)
     let section = format!(
-        "[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\nusername = \"testuser\"\npassword_env = \"AIRLOCK_TEST_BASIC_PASSWORD\"\n",
+        "[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\nusername = \"testuser\"\npassword_env = \"ECR_TEST_PASSWORD\"\n",
         registry.url()
     );
-    let from_env =
-        Daemon::start_with_env(&section, &[("AIRLOCK_TEST_BASIC_PASSWORD", "testpass")]).await;
+    let from_env = Daemon::start_with_env(&section, &[("ECR_TEST_PASSWORD", "testpass")]).await;
     skopeo::pull(&from_env.host(), "ecr/app:v1", &img).await;
 }
