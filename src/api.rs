@@ -9,6 +9,7 @@ mod range;
 pub mod route;
 pub mod server;
 pub mod tls;
+mod token;
 
 pub use body::Body;
 pub use handler::State;

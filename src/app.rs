@@ -3,6 +3,7 @@
 //! module naming concrete types.
 
 mod advert;
+pub mod security;
 
 pub use advert::{Advert, read_advert};
 
@@ -85,6 +86,7 @@ async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     let settings = Settings {
         memory_bytes: config.cache.memory.0,
         fill_timeout: config.storage.fill_timeout,
+        fetch: security::fetch_policy(config)?,
     };
     let cache = Cache::new(
         Arc::new(store),
@@ -141,7 +143,9 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 /// Build everything and start serving the registry and admin APIs; returns once both
 /// listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    security::check(&config).map_err(anyhow::Error::msg)?;
     let cache = build_cache(&config).await?;
+    let auth = security::auth(&config, cache.metrics().clone())?;
     let default: Registry = config.server.default_registry.parse()?;
     if !config.upstream.is_empty() && !cache.upstreams().contains(&default) {
         tracing::warn!(registry = %default, "server.default_registry has no [[upstream]]: requests without a registry can only be answered from the cache");
@@ -168,6 +172,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let state = Arc::new(State {
         cache: cache.clone(),
         router: Router::new(default.clone(), aliases(&config)?),
+        auth: auth.clone(),
+        tls: tls.is_some(),
     });
     let admin = admin_api(&cache, &token, default, &config);
     let mut tasks = vec![
@@ -186,6 +192,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             grace,
         )),
     ];
+    tasks.push(tokio::spawn(security::reload_periodically(
+        auth,
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(maintain_periodically(
         cache.clone(),
         cap(&config),

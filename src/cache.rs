@@ -90,6 +90,8 @@ pub struct Settings {
     pub memory_bytes: u64,
     /// Upper bound on one blob download.
     pub fill_timeout: Duration,
+    /// What may be fetched from upstream at all.
+    pub fetch: crate::fetch_policy::FetchPolicy,
 }
 
 /// The cache. Cheap to clone; clones share everything.
@@ -185,6 +187,22 @@ impl Cache {
             .tags
             .invalidate(&(repo.clone(), tag.clone()))
             .await;
+    }
+
+    /// Count a refusal of the fetch policy.
+    fn fetch_allowed(&self, check: Result<()>) -> Result<()> {
+        if check.is_err() {
+            self.inner
+                .metrics
+                .auth_denials
+                .with_label_values(&["fetch_policy"])
+                .inc();
+        }
+        check
+    }
+
+    fn policy(&self) -> &crate::fetch_policy::FetchPolicy {
+        &self.inner.settings.fetch
     }
 
     fn upstream(&self, repo: &Repository) -> Result<&Entry> {

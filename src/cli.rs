@@ -127,6 +127,8 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         .map_or("built-in defaults".into(), |p| p.display().to_string());
     let mut config = Config::load(cli.config.as_deref())
         .map_err(|e| anyhow::anyhow!("invalid configuration ({source}): {e}"))?;
+    crate::app::security::check(&config)
+        .map_err(|e| anyhow::anyhow!("invalid configuration ({source}): {e}"))?;
     match cli.command {
         Command::CheckConfig => {
             check_config(&config, &source);

@@ -97,6 +97,7 @@ pub fn render(
         default: &default,
         registries: &registries,
         airgap,
+        auth: config.auth.enabled(),
     };
     if client == Client::Docker && !default.is_docker_hub() {
         anyhow::bail!(
@@ -118,6 +119,8 @@ struct Ctx<'a> {
     default: &'a Registry,
     registries: &'a [Registry],
     airgap: bool,
+    /// airlock asks clients for credentials.
+    auth: bool,
 }
 
 /// The registry's own public endpoint, which clients fall back to.
@@ -151,6 +154,13 @@ impl Ctx<'_> {
         }
         if self.airgap {
             note.push_str(" Docker falls back to Docker Hub when the mirror fails; on a cut network that fails fast.");
+        }
+        if self.auth {
+            let _ = write!(
+                note,
+                " airlock asks for credentials: run `docker login {host}`, then pull by full name ({host}/docker.io/library/alpine:3.20). Docker cannot log in to a mirror (moby#30880): registry-mirrors pulls work only for repositories an [[access]] rule opens to the daemon's network anonymously.",
+                host = self.host
+            );
         }
         Snippet {
             path: "/etc/docker/daemon.json".into(),
@@ -199,11 +209,23 @@ impl Ctx<'_> {
             path: "/etc/containerd/certs.d/_default/hosts.toml".into(),
             file: "_default/hosts.toml".into(),
             content: format!("# every other registry: airlock answers for those it has an upstream for\n{server}{host_block}{tls_hint}"),
-            note: Some(
-                "containerd reads these when its registry config_path is set: config_path = \"/etc/containerd/certs.d\" under [plugins.\"io.containerd.grpc.v1.cri\".registry]; ctr takes --hosts-dir /etc/containerd/certs.d".into(),
-            ),
+            note: Some(self.containerd_note()),
         });
         out
+    }
+
+    fn containerd_note(&self) -> String {
+        let mut note = String::from(
+            "containerd reads these when its registry config_path is set: config_path = \"/etc/containerd/certs.d\" under [plugins.\"io.containerd.grpc.v1.cri\".registry]; ctr takes --hosts-dir /etc/containerd/certs.d",
+        );
+        if self.auth {
+            let _ = write!(
+                note,
+                ". airlock asks for credentials: `ctr image pull --user USER:PASSWORD --hosts-dir /etc/containerd/certs.d IMAGE`; for the CRI plugin, username and password under [plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{}\".auth]",
+                self.host
+            );
+        }
+        note
     }
 
     /// Where podman finds `registry` on airlock: bare for the default registry, else prefixed.
@@ -233,9 +255,17 @@ impl Ctx<'_> {
                 );
             }
         }
-        let note = (!self.plain).then(|| {
-            format!("if airlock's certificate is not publicly trusted, put its CA in /etc/containers/certs.d/{}/ca.crt", self.host)
-        });
+        let mut notes = Vec::new();
+        if !self.plain {
+            notes.push(format!("if airlock's certificate is not publicly trusted, put its CA in /etc/containers/certs.d/{}/ca.crt", self.host));
+        }
+        if self.auth {
+            notes.push(format!(
+                "airlock asks for credentials: `podman login {host}` (an auth.json entry for \"{host}\"); podman sends a mirror the credentials stored for the mirror, never those of the original registry; skopeo takes --src-creds USER:PASSWORD",
+                host = self.host
+            ));
+        }
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
         Snippet {
             path: "/etc/containers/registries.conf.d/50-airlock.conf".into(),
             file: "50-airlock.conf".into(),
@@ -249,12 +279,14 @@ impl Ctx<'_> {
         for r in self.registries {
             let _ = write!(s, "  \"{r}\":\n    endpoint:\n      - \"{}\"\n", self.url);
         }
+        if !self.plain || self.auth {
+            let _ = writeln!(s, "configs:\n  \"{}\":", self.host);
+        }
+        if self.auth {
+            s.push_str("    auth:\n      username: \"USER\"        # airlock asks for credentials\n      password: \"PASSWORD\"\n");
+        }
         if !self.plain {
-            let _ = write!(
-                s,
-                "configs:\n  \"{}\":\n    tls:\n      # ca_file: /etc/rancher/k3s/airlock-ca.pem   # if airlock's certificate is not publicly trusted\n",
-                self.host
-            );
+            s.push_str("    tls:\n      # ca_file: /etc/rancher/k3s/airlock-ca.pem   # if airlock's certificate is not publicly trusted\n");
         }
         let note = self.airgap.then(|| "k3s falls back to each registry's own endpoint unless started with --disable-default-registry-endpoint".to_string());
         Snippet {

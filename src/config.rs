@@ -3,9 +3,11 @@
 //! `validate()` so a bad value is reported before any port opens. `config/airlock.toml`
 //! documents every key; a test parses it.
 
+mod access;
 mod size;
 mod upstream;
 
+pub use access::{AccessRule, AuthConfig, FetchConfig, JwtConfig};
 pub use size::ByteSize;
 pub use upstream::UpstreamConfig;
 
@@ -43,6 +45,15 @@ pub struct Config {
     /// One entry per upstream registry. Default: Docker Hub only.
     #[serde(default = "default_upstreams")]
     pub upstream: Vec<UpstreamConfig>,
+    /// Client authentication.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Access rules, in order.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
+    /// What may enter the cache from upstream.
+    #[serde(default)]
+    pub fetch: FetchConfig,
 }
 
 /// `[server]`
@@ -93,8 +104,8 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CredentialsConfig {
-    /// Docker's `config.json` (`auths`, `credHelpers`, `credsStore`). Default:
-    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, when it exists.
+    /// Docker's `config.json` (`auths`, `credHelpers`, `credsStore`), read only when named
+    /// here: the running user's own `~/.docker/config.json` is never used unasked.
     pub docker_config: Option<PathBuf>,
     /// How long credentials from a helper are reused before the helper runs again (they are
     /// also refreshed as soon as an upstream refuses them).
@@ -116,18 +127,9 @@ impl Default for CredentialsConfig {
 }
 
 impl CredentialsConfig {
-    /// The Docker config file to read, if any.
+    /// The Docker config file to read, if the configuration names one.
     pub fn docker_config_path(&self) -> Option<PathBuf> {
-        if let Some(p) = &self.docker_config {
-            return Some(p.clone());
-        }
-        let env = |k| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let dir = env("DOCKER_CONFIG").or_else(|| env("HOME").map(|h| h.join(".docker")))?;
-        Some(dir.join("config.json")).filter(|p| p.is_file())
+        self.docker_config.clone()
     }
 }
 
@@ -236,6 +238,9 @@ impl Default for Config {
             credentials: CredentialsConfig::default(),
             admin: AdminConfig::default(),
             upstream: default_upstreams(),
+            auth: AuthConfig::default(),
+            access: Vec::new(),
+            fetch: FetchConfig::default(),
         }
     }
 }

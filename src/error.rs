@@ -56,6 +56,16 @@ pub enum Error {
         /// What it said, or what to configure.
         message: String,
     },
+    /// The client must authenticate (or did, with credentials that do not verify): 401 with
+    /// a challenge naming airlock's token endpoint.
+    #[error("authentication required: {0}")]
+    AuthRequired(String),
+    /// The client is known but may not do this: an access rule or the fetch policy refused.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The client is sending more than airlock will work through right now.
+    #[error("{0}")]
+    Throttled(String),
     /// The upstream answered 429.
     #[error("upstream {0} is rate limiting requests (429); try again later")]
     TooManyRequests(String),
@@ -93,8 +103,9 @@ impl Error {
             Error::Unsupported(_) | Error::MethodNotAllowed(_) | Error::HeadersTooLarge { .. } => {
                 "UNSUPPORTED"
             }
-            Error::Unauthorized { .. } => "UNAUTHORIZED",
-            Error::TooManyRequests(_) => "TOOMANYREQUESTS",
+            Error::Unauthorized { .. } | Error::AuthRequired(_) => "UNAUTHORIZED",
+            Error::Denied(_) => "DENIED",
+            Error::TooManyRequests(_) | Error::Throttled(_) => "TOOMANYREQUESTS",
             Error::UpstreamUnavailable { .. } => "UNAVAILABLE",
             Error::UpstreamInvalid { .. } | Error::Internal(_) => "UNKNOWN",
         }
@@ -111,8 +122,9 @@ impl Error {
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unauthorized { .. } | Error::AuthRequired(_) => StatusCode::UNAUTHORIZED,
+            Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::TooManyRequests(_) | Error::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

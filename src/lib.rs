@@ -6,16 +6,19 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod client_config;
 pub mod config;
 pub mod error;
+pub mod fetch_policy;
 pub mod gc;
 pub mod inventory;
 pub mod metrics;
 pub mod oci;
+pub mod pattern;
 pub mod preload;
 pub mod progress;
 pub mod store;

@@ -15,6 +15,15 @@ use std::collections::HashSet;
 pub const KINDS: [&str; 5] = ["manifest", "blob", "tags", "base", "other"];
 /// Cache outcomes.
 pub const RESULTS: [&str; 4] = ["hit", "miss", "stale", "coalesced"];
+/// Why a request was refused by authentication, access rules or the fetch policy.
+pub const DENIAL_REASONS: [&str; 6] = [
+    "no_credentials",
+    "bad_credentials",
+    "bad_token",
+    "throttled",
+    "rule",
+    "fetch_policy",
+];
 /// HTTP status classes.
 pub const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -62,6 +71,8 @@ pub struct Metrics {
     pub import_bytes: IntCounter,
     /// Images imported, and bundles refused (`ok`, `refused`).
     pub imports: IntCounterVec,
+    /// Requests refused by authentication, access rules or the fetch policy, by reason.
+    pub auth_denials: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -181,6 +192,11 @@ impl Metrics {
                 "Bundle imports, by result.",
                 &["result"],
             ),
+            auth_denials: counter(
+                "airlock_auth_denials_total",
+                "Requests refused: no_credentials, bad_credentials, bad_token, throttled (logins), rule (an access rule), fetch_policy.",
+                &["reason"],
+            ),
         };
         m.cache_max.set(max_size.unwrap_or(0) as i64);
         m.register();
@@ -217,6 +233,7 @@ impl Metrics {
             Box::new(self.preload_images.clone()),
             Box::new(self.import_bytes.clone()),
             Box::new(self.imports.clone()),
+            Box::new(self.auth_denials.clone()),
         ];
         for c in all {
             self.registry.register(c).expect("metric names are unique");
@@ -256,6 +273,9 @@ impl Metrics {
         }
         for result in ["ok", "refused"] {
             self.imports.with_label_values(&[result]);
+        }
+        for reason in DENIAL_REASONS {
+            self.auth_denials.with_label_values(&[reason]);
         }
     }
 

@@ -43,7 +43,11 @@ pub struct Admin {
 }
 
 impl Handle for Admin {
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        _peer: std::net::SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send {
         self.answer(req)
     }
 }

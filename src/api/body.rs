@@ -48,6 +48,10 @@ pub struct LogLine {
     pub kind: &'static str,
     /// Registry label (a configured registry or `other`).
     pub registry: String,
+    /// Who asked: a user name, or `-`.
+    pub user: String,
+    /// The peer address.
+    pub client: std::net::IpAddr,
     /// Cache outcome, when the cache answered.
     pub outcome: Option<crate::cache::Outcome>,
     /// Where the request is counted.
@@ -151,6 +155,8 @@ impl Drop for Logged {
             method = %l.method,
             path = %l.path,
             status = l.status,
+            user = %l.user,
+            client = %l.client,
             bytes = self.bytes,
             cache = l.outcome.map_or("-", crate::cache::Outcome::as_str),
             transfer = self.outcome,

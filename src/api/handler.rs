@@ -5,11 +5,15 @@ use super::body::{self, Body, LogLine, Logged};
 use super::errors;
 use super::range::ByteRange;
 use super::route::{Route, Router};
+use super::token;
+use crate::auth::Auth;
 use crate::cache::{Cache, Outcome};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Reference, Repository};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Request headers larger than this (in all) are refused with an OCI error.
@@ -21,12 +25,21 @@ pub struct State {
     pub cache: Cache,
     /// Path → route.
     pub router: Router,
+    /// Who may do what.
+    pub auth: Arc<Auth>,
+    /// Whether the listener serves TLS (for the scheme of the token realm).
+    pub tls: bool,
 }
 
-/// What the metrics need to know about a request once it is routed.
+/// What the log, the metrics and an authentication challenge need to know about a request.
+#[derive(Default)]
 struct Meta {
     kind: &'static str,
     registry: String,
+    /// The repository name as the path wrote it (the scope of a challenge).
+    path_name: Option<String>,
+    /// Who, once identified.
+    user: Option<String>,
 }
 
 const API_VERSION: &str = "docker-distribution-api-version";
@@ -36,39 +49,61 @@ impl super::server::Handle for State {
     fn handle(
         &self,
         req: Request<hyper::body::Incoming>,
+        peer: SocketAddr,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
-        self.answer_logged(req)
+        self.answer_logged(req, peer)
     }
 }
 
 impl State {
-    /// Answer one request. Never fails: errors become OCI error responses.
-    pub async fn answer_logged<B>(&self, req: Request<B>) -> Response<Body> {
+    /// Answer one request from `peer`. Never fails: errors become OCI error responses.
+    pub async fn answer_logged(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let start = Instant::now();
         let head = req.method() == Method::HEAD;
         let path = req
             .uri()
             .path_and_query()
             .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
+        let method = req.method().clone();
         let metrics = self.cache.metrics().clone();
         metrics.requests_in_flight.inc();
         let mut meta = Meta {
             kind: "other",
-            registry: String::new(),
+            ..Meta::default()
         };
-        let (mut resp, outcome) = match self.answer(&req, &mut meta).await {
+        let realm = self.realm(req.headers(), req.uri());
+        let result = if req.uri().path() == token::PATH {
+            token::answer(self, req, peer, &mut meta.user)
+                .await
+                .map(|r| (r, None))
+        } else {
+            self.answer(&req, peer, &mut meta).await
+        };
+        let (mut resp, outcome) = match result {
             Ok((r, o)) => (r, o),
-            Err(e) => (errors::response(&e, head), None),
+            Err(e) => {
+                let mut r = errors::response(&e, head);
+                if matches!(e, Error::AuthRequired(_)) && path != token::PATH {
+                    self.challenge(r.headers_mut(), &realm, meta.path_name.as_deref());
+                }
+                (r, None)
+            }
         };
         resp.headers_mut()
             .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
         let line = LogLine {
             start,
-            method: req.method().clone(),
+            method,
             path,
             status: resp.status().as_u16(),
             kind: meta.kind,
             registry: metrics.registry_label(&meta.registry).to_string(),
+            user: meta.user.unwrap_or_else(|| "-".into()),
+            client: peer.ip().to_canonical(),
             outcome,
             metrics: metrics.clone(),
             length: match head {
@@ -85,6 +120,7 @@ impl State {
     async fn answer<B>(
         &self,
         req: &Request<B>,
+        peer: SocketAddr,
         meta: &mut Meta,
     ) -> Result<(Response<Body>, Option<Outcome>)> {
         let size: usize = req
@@ -108,24 +144,32 @@ impl State {
             }
         };
         let route = self.router.parse(req.uri().path(), req.uri().query())?;
-        *meta = match &route {
-            Route::Base => Meta {
-                kind: "base",
-                registry: String::new(),
-            },
-            Route::Manifest { repo, .. } => Meta {
-                kind: "manifest",
-                registry: repo.registry.to_string(),
-            },
-            Route::Blob { repo, .. } => Meta {
-                kind: "blob",
-                registry: repo.registry.to_string(),
-            },
-            Route::Tags { repo, .. } => Meta {
-                kind: "tags",
-                registry: repo.registry.to_string(),
-            },
+        let (kind, repo) = match &route {
+            Route::Base => ("base", None),
+            Route::Manifest { repo, .. } => ("manifest", Some(repo)),
+            Route::Blob { repo, .. } => ("blob", Some(repo)),
+            Route::Tags { repo, .. } => ("tags", Some(repo)),
         };
+        meta.kind = kind;
+        meta.registry = repo.map(|r| r.registry.to_string()).unwrap_or_default();
+        meta.path_name = path_name(req.uri().path()).map(str::to_string);
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Error::AuthRequired("the Authorization header is not text".into()))
+            })
+            .transpose()?;
+        let caller = self.auth.identify(authorization, peer.ip()).await?;
+        meta.user = Some(caller.user_label().to_string());
+        match repo {
+            None => self.auth.base(&caller)?,
+            Some(repo) => {
+                self.auth
+                    .authorize(&caller, repo, meta.path_name.as_deref().unwrap_or_default())?
+            }
+        }
         match route {
             Route::Base => {
                 let mut r = Response::new(if head {
@@ -143,6 +187,43 @@ impl State {
             Route::Blob { repo, digest } => self.blob(req.headers(), &repo, &digest).await,
             Route::Tags { repo, n, last } => self.tags(req, &repo, n, last, head).await,
         }
+    }
+
+    /// The token endpoint's URL: configured, or this server as the client reached it.
+    fn realm(&self, headers: &HeaderMap, uri: &http::Uri) -> String {
+        if let Some(r) = self.auth.realm() {
+            return r.to_string();
+        }
+        let host = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(String::from)
+            })
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 255
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            })
+            .unwrap_or_else(|| "localhost".into());
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{host}{}", token::PATH)
+    }
+
+    /// `WWW-Authenticate: Bearer realm=…,service=…[,scope=repository:NAME:pull]`.
+    fn challenge(&self, h: &mut HeaderMap, realm: &str, path_name: Option<&str>) {
+        let mut value = format!(
+            "Bearer realm=\"{realm}\",service=\"{}\"",
+            self.auth.service()
+        );
+        if let Some(name) = path_name {
+            value.push_str(&format!(",scope=\"repository:{name}:pull\""));
+        }
+        set(h, header::WWW_AUTHENTICATE, &value);
     }
 
     async fn manifest(
@@ -285,7 +366,16 @@ impl State {
     }
 }
 
-fn set(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
+/// The repository name as the request path wrote it (`org/app`, `ghcr.io/org/app`).
+fn path_name(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/")?;
+    ["/manifests/", "/blobs/"]
+        .iter()
+        .find_map(|kw| rest.rfind(kw).map(|i| &rest[..i]))
+        .or_else(|| rest.strip_suffix("/tags/list"))
+}
+
+pub(super) fn set(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
     }

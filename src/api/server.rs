@@ -10,6 +10,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -21,10 +22,11 @@ const MAX_BUF: usize = 1 << 20;
 
 /// Something that answers requests: the registry API, the admin API.
 pub trait Handle: Send + Sync + 'static {
-    /// Answer one request (errors are answers too).
+    /// Answer one request from `peer` (errors are answers too).
     fn handle(
         &self,
         req: hyper::Request<Incoming>,
+        peer: SocketAddr,
     ) -> impl Future<Output = hyper::Response<Body>> + Send;
 }
 
@@ -71,14 +73,16 @@ pub async fn serve<H: Handle>(
         );
         tokio::spawn(async move {
             let result = match tls {
-                None => connection(&builder, watcher, TokioIo::new(stream), state).await,
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(tls)) => connection(&builder, watcher, TokioIo::new(tls), state).await,
-                    Ok(Err(e)) => Err(e.into()),
-                    Err(_) => Err("TLS handshake timed out".into()),
-                },
+                None => connection(&builder, watcher, TokioIo::new(stream), state, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            connection(&builder, watcher, TokioIo::new(tls), state, peer).await
+                        }
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -102,13 +106,14 @@ async fn connection<I, H: Handle>(
     watcher: Watcher,
     io: I,
     state: Arc<H>,
+    peer: SocketAddr,
 ) -> Result<(), BoxError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(state.handle(req).await) }
+        async move { Ok::<_, Infallible>(state.handle(req, peer).await) }
     });
     watcher
         .watch(builder.serve_connection(io, service).into_owned())

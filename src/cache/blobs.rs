@@ -15,6 +15,7 @@ impl Cache {
         if let Some(answer) = self.stored_blob(repo, digest).await? {
             return Ok(answer);
         }
+        self.may_fetch_blob(repo, digest).await?;
         let mut retried = false;
         loop {
             let upstream = self.upstream(repo)?.upstream.clone();
@@ -22,6 +23,7 @@ impl Cache {
                 store: inner.store.clone(),
                 index: inner.index.clone(),
                 timeout: inner.settings.fill_timeout,
+                max_size: self.policy().max_blob_size(),
                 metrics: inner.metrics.clone(),
             };
             let (fill, started) = match inner.fills.join_or_start(ctx, upstream, repo, digest)? {
@@ -61,6 +63,26 @@ impl Cache {
                     });
                 }
             }
+        }
+    }
+
+    /// Whether the fetch policy lets this blob be downloaded for `repo`. With a size limit, a
+    /// blob whose size no manifest told is asked about with a HEAD first, so a refused blob
+    /// costs no GET.
+    async fn may_fetch_blob(&self, repo: &Repository, digest: &Digest) -> Result<()> {
+        let policy = self.policy();
+        self.fetch_allowed(policy.repository(repo))?;
+        if policy.max_blob_size().is_none() || self.inner.fills.size_of(digest).is_some() {
+            return Ok(());
+        }
+        let size = match self.inner.index.blob_info(digest)? {
+            Some(info) => Some(info.size),
+            None => self.confirm(repo, digest).await?,
+        };
+        match size {
+            Some(n) => self.fetch_allowed(policy.blob_size(digest, n)),
+            // Unknown until the body starts: the fill stops at the limit.
+            None => Ok(()),
         }
     }
 

@@ -68,6 +68,8 @@ pub struct FillContext {
     pub index: Arc<dyn Index>,
     /// Upper bound on the download.
     pub timeout: Duration,
+    /// The largest blob the fetch policy allows.
+    pub max_size: Option<u64>,
     /// Where downloads are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -223,6 +225,14 @@ impl Task {
                 Error::BlobUnknown(format!("{} is not known in {}", self.digest, self.repo))
             })?;
         let size = body.size;
+        let max = self.ctx.max_size.unwrap_or(u64::MAX);
+        if size.is_some_and(|s| s > max) {
+            return Err(Error::Denied(format!(
+                "the fetch policy refuses {}: it has {} bytes, more than fetch.max_blob_size ({max})",
+                self.digest,
+                size.unwrap_or(0)
+            )));
+        }
         self.tx
             .send_replace(FillState::Writing { written: 0, size });
         let mut stream = body.stream;
@@ -232,6 +242,12 @@ impl Task {
             let chunk = stream.next().await.transpose()?;
             let end = chunk.is_none();
             if let Some(c) = &chunk {
+                if written + (batch.len() + c.len()) as u64 > max {
+                    return Err(Error::Denied(format!(
+                        "the fetch policy refuses {}: it is larger than fetch.max_blob_size ({max})",
+                        self.digest
+                    )));
+                }
                 if size.is_some_and(|s| written + (batch.len() + c.len()) as u64 > s) {
                     return Err(self.invalid(format!(
                         "sent more than the {} bytes it announced for {}",

@@ -160,9 +160,13 @@ impl Cache {
         shared: bool,
     ) -> Result<Option<(Arc<Manifest>, Outcome)>> {
         let upstream = self.upstream(repo)?.upstream.clone();
+        if known.is_none() {
+            self.fetch_allowed(self.policy().tag(repo, tag.as_str()))?;
+        }
         let reference = Reference::Tag(tag.clone());
         if let Some((rec, m)) = known {
-            if self.is_fresh(repo, rec) {
+            // Fresh, or no longer allowed to be fetched: what is cached is what is served.
+            if self.is_fresh(repo, rec) || self.policy().tag(repo, tag.as_str()).is_err() {
                 return Ok(Some((m.clone(), Outcome::Hit)));
             }
             let Some(head) = upstream
@@ -223,6 +227,7 @@ impl Cache {
                 outcome: Outcome::Hit,
             });
         }
+        self.fetch_allowed(self.policy().repository(repo))?;
         let fetched = upstream
             .manifest(&repo.name, &reference, &accept, false)
             .await?
