@@ -11,6 +11,7 @@
 
 mod support;
 
+mod access;
 mod airgap;
 mod auth;
 mod bundle_cli;
@@ -19,6 +20,7 @@ mod cli;
 mod container;
 mod credentials;
 mod e2e;
+mod e2e_auth;
 mod eviction;
 mod faults;
 mod fixtures;

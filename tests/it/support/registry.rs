@@ -435,7 +435,8 @@ fn wait_ready(port: u16, child: &GuardedChild) -> Result<(), String> {
     ))
 }
 
-fn write_htpasswd(path: &Path, user: &str, pass: &str) {
+/// One `user:hash` line, as `htpasswd -B` writes it (bcrypt).
+pub fn htpasswd_entry(user: &str, pass: &str) -> String {
     let out = Command::new(super::tools::HTPASSWD.path())
         .args(["-Bbn", user, pass])
         .output()
@@ -445,7 +446,15 @@ fn write_htpasswd(path: &Path, user: &str, pass: &str) {
         "htpasswd failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::write(path, &out.stdout).expect("write htpasswd file");
+    String::from_utf8(out.stdout)
+        .expect("htpasswd prints text")
+        .trim_end()
+        .to_string()
+        + "\n"
+}
+
+fn write_htpasswd(path: &Path, user: &str, pass: &str) {
+    std::fs::write(path, htpasswd_entry(user, pass)).expect("write htpasswd file");
 }
 
 fn tail_lines(s: &str, n: usize) -> String {
