@@ -22,6 +22,9 @@ pub enum Error {
     /// A digest that is malformed or uses an algorithm we do not support.
     #[error("invalid digest: {0}")]
     DigestInvalid(String),
+    /// A `tags/list` page size that is not a non-negative integer.
+    #[error("{0}")]
+    PaginationInvalid(String),
     /// No such manifest (or the reference cannot name one).
     #[error("manifest unknown: {0}")]
     ManifestUnknown(String),
@@ -98,6 +101,7 @@ impl Error {
             Error::NameInvalid(_) => "NAME_INVALID",
             Error::NameUnknown(_) => "NAME_UNKNOWN",
             Error::DigestInvalid(_) => "DIGEST_INVALID",
+            Error::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
             Error::BlobUnknown(_) | Error::RangeNotSatisfiable { .. } => "BLOB_UNKNOWN",
             Error::Unsupported(_) | Error::MethodNotAllowed(_) | Error::HeadersTooLarge { .. } => {
@@ -114,7 +118,9 @@ impl Error {
     /// The HTTP status to answer with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::NameInvalid(_) | Error::DigestInvalid(_) => StatusCode::BAD_REQUEST,
+            Error::NameInvalid(_) | Error::DigestInvalid(_) | Error::PaginationInvalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::NameUnknown(_) | Error::ManifestUnknown(_) | Error::BlobUnknown(_) => {
                 StatusCode::NOT_FOUND
             }

@@ -67,7 +67,7 @@ impl Router {
         };
         let segs: Vec<&str> = rest.split('/').collect();
         let n = segs.len();
-        let params = Query::parse(query);
+        let params = Query::parse(query)?;
         let repo = |name: &[&str]| self.repository(name, params.ns.as_deref());
         match segs.as_slice() {
             [name @ .., "tags", "list"] if !name.is_empty() => Ok(Route::Tags {
@@ -155,17 +155,25 @@ struct Query {
 }
 
 impl Query {
-    fn parse(query: Option<&str>) -> Query {
+    fn parse(query: Option<&str>) -> Result<Query> {
         let mut q = Query::default();
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "ns" => q.ns = Some(v.into_owned()),
-                "n" => q.n = v.parse().ok(),
+                "n" => {
+                    let n = v.parse().map_err(|_| {
+                        Error::PaginationInvalid(format!(
+                            "n={:?} is not a page size: use a non-negative integer",
+                            cut(&v)
+                        ))
+                    })?;
+                    q.n = Some(n);
+                }
                 "last" => q.last = Some(v.into_owned()),
                 _ => {}
             }
         }
-        q
+        Ok(q)
     }
 }
 
@@ -215,6 +223,12 @@ mod tests {
                 last: Some("v1".into())
             }
         );
+        for bad in ["n=-1", "n=abc", "n=1.5", "n="] {
+            let e = r.parse("/v2/org/app/tags/list", Some(bad)).unwrap_err();
+            assert_eq!(e.code(), "PAGINATION_NUMBER_INVALID", "{bad}");
+            assert_eq!(e.status(), 400);
+        }
+        assert!(r.parse("/v2/org/app/tags/list", Some("n=0")).is_ok());
         // Endpoint words are fine inside names: the suffix decides.
         assert_eq!(
             r.parse("/v2/manifests/blobs/manifests/latest", None)

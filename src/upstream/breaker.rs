@@ -107,9 +107,17 @@ impl Breaker {
         }
     }
 
+    /// A request ended without an answer because its caller gave up (a client went away):
+    /// that says nothing about the upstream, so it is not counted; a probe slot it held is
+    /// released for the next request.
+    fn abandoned(&self) {
+        self.lock().probing = false;
+    }
+
     /// Admit a request and return its guard: the request must end as a success or a
-    /// failure; a guard dropped without either (the caller gave up mid-request) counts as a
-    /// failure, so a lost probe can never leave the breaker waiting for it forever.
+    /// failure. A guard dropped without either (the caller gave up mid-request) is neutral:
+    /// clients that go away never mark an upstream down, and a lost probe never leaves the
+    /// breaker waiting for it.
     pub fn attempt(&self) -> Result<Attempt<'_>, Error> {
         self.admit()?;
         Ok(Attempt {
@@ -151,7 +159,7 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.breaker.failure("the request was abandoned");
+            self.breaker.abandoned();
         }
     }
 }
@@ -194,6 +202,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(15));
         b.attempt().expect("another probe is allowed").success();
         assert_eq!(b.health(), Health::Up);
+    }
+
+    #[test]
+    fn abandoned_requests_never_mark_an_upstream_down() {
+        let b = Breaker::new("r", 2, Duration::from_secs(60), Duration::from_secs(60));
+        for _ in 0..10 {
+            drop(b.attempt().expect("admitted")); // each client went away
+        }
+        assert_eq!(b.health(), Health::Up);
+        b.attempt().unwrap().failure("x");
+        drop(b.attempt().unwrap());
+        assert_eq!(
+            b.health(),
+            Health::Up,
+            "an abandoned request is not the second failure"
+        );
     }
 
     #[test]

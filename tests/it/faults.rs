@@ -345,3 +345,40 @@ async fn head_of_an_uncached_blob_gives_the_upstream_size() {
     assert_eq!(resp.headers()["docker-content-digest"], digest.as_str());
     assert!(!airlock.has_blob(&digest), "HEAD downloads nothing");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_give_up_never_mark_the_upstream_down() {
+    let up = FaultyUpstream::start();
+    let img = Image::oci("fault-giveup", &[3_000]);
+    up.add_artifact("fault/giveup", "v1", &img);
+    let airlock = Airlock::for_upstream(&up.url()).await; // failure_threshold 3
+    // A slow upstream, and clients that each give up after 0.3 s: HEADs of random digests.
+    let gate = Gate::new();
+    up.set_mode("*", Mode::Gate(gate.clone()));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for i in 0..6u8 {
+        let digest = format!("sha256:{}", hex::encode([i; 32]));
+        let sent = impatient
+            .head(format!("{}/v2/fault/giveup/blobs/{digest}", airlock.url()))
+            .send()
+            .await;
+        assert!(sent.is_err(), "the client gave up");
+    }
+    assert!(up.count("HEAD", "*") >= 6, "each reached the upstream");
+    let metrics = airlock.cache().metrics();
+    assert_eq!(
+        metrics.upstream_up.with_label_values(&["docker.io"]).get(),
+        1
+    );
+    // The next legitimate pull of an uncached image goes to the upstream and succeeds.
+    gate.open();
+    up.clear_modes();
+    airlock.pull("fault/giveup:v1", &img).await;
+    assert_eq!(
+        metrics.upstream_up.with_label_values(&["docker.io"]).get(),
+        1
+    );
+}
