@@ -5,6 +5,7 @@ pub mod admin;
 mod body;
 pub mod errors;
 mod handler;
+mod limits;
 mod range;
 pub mod route;
 pub mod server;

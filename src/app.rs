@@ -183,6 +183,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             state,
             stopped(stop_rx.clone()),
             grace,
+            config.server.limits.clone(),
         )),
         tokio::spawn(server::serve(
             admin_listener,
@@ -190,6 +191,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             admin,
             stopped(stop_rx.clone()),
             grace,
+            config.server.limits.clone(),
         )),
     ];
     tasks.push(tokio::spawn(security::reload_periodically(
@@ -230,6 +232,7 @@ pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
         admin,
         stopped(stop_rx),
         grace,
+        config.server.limits.clone(),
     ))];
     Ok(Running {
         addr: admin_addr,

@@ -4,10 +4,12 @@
 //! documents every key; a test parses it.
 
 mod access;
+mod limits;
 mod size;
 mod upstream;
 
 pub use access::{AccessRule, AuthConfig, FetchConfig, JwtConfig};
+pub use limits::ConnectionLimits;
 pub use size::ByteSize;
 pub use upstream::UpstreamConfig;
 
@@ -71,6 +73,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Never contact an upstream: answer from the cache only.
     pub offline: bool,
+    /// What one client may hold of the server.
+    pub limits: ConnectionLimits,
 }
 
 /// `[admin]`: the local listener for metrics, health and the cache commands.
@@ -141,6 +145,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             tls: None,
             offline: false,
+            limits: ConnectionLimits::default(),
         }
     }
 }

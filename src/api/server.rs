@@ -1,8 +1,10 @@
 //! The accept loop: hyper 1 over tokio, plain (HTTP/1.1 and h2c) or TLS (HTTP/1.1 and HTTP/2 by
 //! ALPN), with graceful shutdown: stop accepting, let in-flight requests finish within a
-//! bound, then cut them.
+//! bound, then cut them. Each connection is admitted under [`super::limits`] first.
 
 use super::body::Body;
+use super::limits::{self, Admission, Stall};
+use crate::config::ConnectionLimits;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,9 +18,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// hyper's own header buffer: larger than [`super::handler::MAX_HEADER_BYTES`], so oversized
-/// headers reach the handler and get an OCI error rather than a bare 431.
-const MAX_BUF: usize = 1 << 20;
+/// hyper's own header buffer: larger than [`super::handler::MAX_HEADER_BYTES`], so headers a
+/// little too large reach the handler and get an OCI error; past it hyper answers 431 itself.
+const MAX_BUF: usize = 64 << 10;
 
 /// Something that answers requests: the registry API, the admin API.
 pub trait Handle: Send + Sync + 'static {
@@ -41,14 +43,22 @@ pub async fn serve<H: Handle>(
     state: Arc<H>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: ConnectionLimits,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_BUF);
-    builder.http2().max_header_list_size(MAX_BUF as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_BUF as u32)
+        .max_concurrent_streams(limits.http2_max_streams)
+        .keep_alive_interval(Some(limits.http2_keepalive))
+        .keep_alive_timeout(limits.http2_keepalive);
+    let admission = Admission::new(limits);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -64,7 +74,14 @@ pub async fn serve<H: Handle>(
             },
             () = &mut shutdown => break,
         };
+        let Some(admitted) = admission.admit(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: at the connection cap");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let l = admission.limits().clone();
+        limits::keepalive(&stream, l.tcp_keepalive);
         let (builder, watcher, state, tls) = (
             builder.clone(),
             graceful.watcher(),
@@ -72,6 +89,12 @@ pub async fn serve<H: Handle>(
             tls.clone(),
         );
         tokio::spawn(async move {
+            let _admitted = admitted;
+            if !limits::first_byte(&stream, l.first_byte_timeout).await {
+                tracing::debug!(%peer, "connection closed: nothing sent");
+                return;
+            }
+            let stream = Stall::new(stream, l.stall_timeout);
             let result = match tls {
                 None => connection(&builder, watcher, TokioIo::new(stream), state, peer).await,
                 Some(acceptor) => {

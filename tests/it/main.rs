@@ -17,6 +17,7 @@ mod auth;
 mod bundle_cli;
 mod bundles;
 mod cli;
+mod connections;
 mod container;
 mod credentials;
 mod e2e;
