@@ -34,6 +34,9 @@ pub struct User {
     pub name: String,
     /// Groups, from an external token.
     pub groups: Vec<String>,
+    /// For a user an external token vouched for: when that token expires (seconds since the
+    /// epoch); nothing airlock issues for them outlives it. `None`: an htpasswd user.
+    pub external_until: Option<u64>,
 }
 
 /// Who a request comes from.
@@ -92,10 +95,11 @@ impl Auth {
     pub fn load(
         config: &AuthConfig,
         access: &[AccessRule],
+        registries: &crate::pattern::Registries,
         data: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<Auth, String> {
-        let rules = rules::Rules::new(access, config.enabled())?;
+        let rules = rules::Rules::new(access, config.enabled(), registries)?;
         let (logins, issuer) = if config.enabled() {
             let key = config
                 .token_key
@@ -183,6 +187,16 @@ impl Auth {
                 tracing::info!(client = %addr, reason = %e, "token refused");
                 self.refused("bad_token", "the token is invalid or expired: log in again")
             })?;
+            // A user removed from the htpasswd file loses their tokens at once.
+            if let Who::User(u) = &v.who
+                && u.external_until.is_none()
+                && !logins.has_user(&u.name)
+            {
+                tracing::info!(client = %addr, user = %u.name, "token refused: the user is no longer in the htpasswd file");
+                return Err(
+                    self.refused("bad_token", "the token is invalid or expired: log in again")
+                );
+            }
             let mut c = Caller::new(v.who, addr);
             c.token_names = Some(v.names);
             return Ok(c);
@@ -240,7 +254,11 @@ impl Auth {
     fn enforce(&self, decision: Decision) -> Result<()> {
         match decision {
             Decision::Allow => Ok(()),
-            Decision::Challenge(why) => Err(self.refused("no_credentials", &why)),
+            // Why goes to the log only: a client without credentials learns nothing of the rules.
+            Decision::Challenge(why) => {
+                tracing::debug!(reason = %why, "credentials required");
+                Err(self.refused("no_credentials", "log in to pull this repository"))
+            }
             Decision::Deny(why) => {
                 self.metrics.auth_denials.with_label_values(&["rule"]).inc();
                 Err(Error::Denied(why))

@@ -6,12 +6,13 @@
 //! pattern does. Digests, blobs and tag lists follow their repository: only the name part of
 //! the patterns counts, and a deny pattern with a tag part (`**:latest`) does not refuse them.
 //! Signature and attestation tags (`sha256-<hex>`, `.sig`, `.att`, `.sbom`) follow the image's
-//! repository the same way.
+//! repository the same way, but only when the image they name is already in that repository:
+//! otherwise such a tag is an ordinary tag (an image pushed as `:sha256-…` gains nothing).
 
 use crate::config::FetchConfig;
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Repository};
-use crate::pattern::NamePattern;
+use crate::pattern::{NamePattern, Registries};
 
 /// The compiled policy.
 #[derive(Debug, Clone, Default)]
@@ -23,10 +24,13 @@ pub struct FetchPolicy {
 
 impl FetchPolicy {
     /// Compile `[fetch]`; the error names the key and the pattern.
-    pub fn new(c: &FetchConfig) -> Result<FetchPolicy, String> {
+    pub fn new(c: &FetchConfig, registries: &Registries) -> Result<FetchPolicy, String> {
         let compile = |key: &str, pats: &[String]| {
             pats.iter()
-                .map(|p| NamePattern::parse(p, true).map_err(|e| format!("fetch.{key}: {e}")))
+                .map(|p| {
+                    NamePattern::parse_in(p, true, registries)
+                        .map_err(|e| format!("fetch.{key}: {e}"))
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(FetchPolicy {
@@ -41,9 +45,15 @@ impl FetchPolicy {
         self.max_blob_size
     }
 
-    /// May the tag `tag` of `repo` be fetched?
-    pub fn tag(&self, repo: &Repository, tag: &str) -> Result<()> {
-        if is_signature_tag(tag) {
+    /// May the tag `tag` of `repo` be fetched? `is_here` says whether a manifest is known in
+    /// `repo` (for signature tags).
+    pub fn tag(
+        &self,
+        repo: &Repository,
+        tag: &str,
+        is_here: impl Fn(&Digest) -> bool,
+    ) -> Result<()> {
+        if signed_digest(tag).is_some_and(|d| is_here(&d)) {
             return self.repository(repo);
         }
         let name = repo.to_string();
@@ -95,18 +105,18 @@ fn denied(why: String) -> Error {
     Error::Denied(format!("the fetch policy refuses {why}"))
 }
 
-/// `sha256-<64 hex>`, optionally with `.sig`, `.att` or `.sbom`: the tags cosign and the
-/// referrers tag schema give an image's signatures, attestations and SBOMs.
-fn is_signature_tag(tag: &str) -> bool {
-    let Some(rest) = tag.strip_prefix("sha256-") else {
-        return false;
-    };
+/// The image a signature tag names: `sha256-<64 hex>`, optionally with `.sig`, `.att` or
+/// `.sbom`, the tags cosign and the referrers tag schema give an image's signatures,
+/// attestations and SBOMs.
+pub fn signed_digest(tag: &str) -> Option<Digest> {
+    let rest = tag.strip_prefix("sha256-")?;
     let (hex, suffix) = rest.split_at(rest.len().min(64));
-    hex.len() == 64
+    let ok = hex.len() == 64
         && hex
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+        && matches!(suffix, "" | ".sig" | ".att" | ".sbom");
+    ok.then(|| format!("sha256:{hex}").parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -115,11 +125,14 @@ mod tests {
     use crate::config::ByteSize;
 
     fn policy(allow: &[&str], deny: &[&str]) -> FetchPolicy {
-        FetchPolicy::new(&FetchConfig {
-            allow: allow.iter().map(|s| s.to_string()).collect(),
-            deny: deny.iter().map(|s| s.to_string()).collect(),
-            max_blob_size: Some(ByteSize(1000)),
-        })
+        FetchPolicy::new(
+            &FetchConfig {
+                allow: allow.iter().map(|s| s.to_string()).collect(),
+                deny: deny.iter().map(|s| s.to_string()).collect(),
+                max_blob_size: Some(ByteSize(1000)),
+            },
+            &Registries::default(),
+        )
         .unwrap()
     }
 
@@ -141,7 +154,9 @@ mod tests {
             ],
             &["**:latest"],
         );
+        let signed: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
         let sig = format!("sha256-{}.sig", "a".repeat(64));
+        let here = |d: &Digest| *d == signed;
         let cases = [
             ("docker.io/library/alpine", "3.20", true),
             ("docker.io/library/alpine", "latest", false),
@@ -153,8 +168,10 @@ mod tests {
             ("docker.io/evil/app", sig.as_str(), false),
         ];
         for (r, tag, ok) in cases {
-            assert_eq!(p.tag(&repo(r), tag).is_ok(), ok, "{r}:{tag}");
+            assert_eq!(p.tag(&repo(r), tag, here).is_ok(), ok, "{r}:{tag}");
         }
+        // A signature tag of an image that is not here is an ordinary tag.
+        assert!(p.tag(&repo("ghcr.io/org2/app"), &sig, |_| false).is_err());
         assert!(
             p.repository(&repo("docker.io/library/alpine")).is_ok(),
             "digests of an allowed repository"
@@ -164,7 +181,7 @@ mod tests {
         assert_eq!(e.code(), "DENIED");
         assert!(e.to_string().contains("fetch.allow"), "{e}");
         let e = p
-            .tag(&repo("docker.io/library/alpine"), "latest")
+            .tag(&repo("docker.io/library/alpine"), "latest", here)
             .unwrap_err();
         assert!(e.to_string().contains("fetch.deny \"**:latest\""), "{e}");
     }
@@ -181,9 +198,12 @@ mod tests {
                 .contains("max_blob_size")
         );
         assert!(p.repository(&repo("docker.io/blocked/x")).is_err());
-        assert!(p.tag(&repo("docker.io/any/x"), "latest").is_ok());
+        assert!(p.tag(&repo("docker.io/any/x"), "latest", |_| false).is_ok());
         let open = FetchPolicy::default();
-        assert!(open.tag(&repo("docker.io/a/b"), "latest").is_ok());
+        assert!(
+            open.tag(&repo("docker.io/a/b"), "latest", |_| false)
+                .is_ok()
+        );
         assert!(open.blob_size(&d, u64::MAX).is_ok());
     }
 
@@ -200,13 +220,16 @@ mod tests {
             (format!("sha256-{}", hex.to_uppercase()), false),
             ("latest".into(), false),
         ] {
-            assert_eq!(is_signature_tag(&t), want, "{t}");
+            assert_eq!(signed_digest(&t).is_some(), want, "{t}");
         }
         assert!(
-            FetchPolicy::new(&FetchConfig {
-                allow: vec!["alpine".into()],
-                ..Default::default()
-            })
+            FetchPolicy::new(
+                &FetchConfig {
+                    allow: vec!["alpine".into()],
+                    ..Default::default()
+                },
+                &Registries::default()
+            )
             .unwrap_err()
             .contains("fetch.allow")
         );

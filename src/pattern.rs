@@ -2,9 +2,61 @@
 //! `registry/repository` name, optionally with `:tag-glob`. `*` stays within one path segment,
 //! `**` crosses segments (`docker.io/library/*`, `ghcr.io/org/**`, `**:latest`). Matching is
 //! over names already parsed and normalised (`alpine` is `docker.io/library/alpine`), whatever
-//! route a request came by.
+//! route a request came by, so patterns are normalised the same way when they are read: an
+//! alias becomes its registry, Docker Hub's other names become `docker.io`, and
+//! `docker.io/alpine` becomes `docker.io/library/alpine`. A pattern that could never match
+//! (a registry with no `[[upstream]]`, upper case in a name) is refused rather than ignored:
+//! a typo must not silently open or fail to close anything.
 
+use crate::oci::Registry;
 use globset::{GlobBuilder, GlobMatcher};
+use std::collections::HashMap;
+
+/// The registries names can be in: the configured upstreams and their aliases.
+#[derive(Debug, Clone, Default)]
+pub struct Registries {
+    known: Vec<Registry>,
+    aliases: HashMap<String, Registry>,
+}
+
+impl Registries {
+    /// The registries of the `[[upstream]]`s and their aliases (invalid ones are left out:
+    /// the configuration check reports them).
+    pub fn from_config(config: &crate::config::Config) -> Registries {
+        let mut r = Registries::default();
+        for u in &config.upstream {
+            if let Ok(reg) = u.registry.parse::<Registry>() {
+                for a in &u.aliases {
+                    r.aliases.insert(a.clone(), reg.clone());
+                }
+                r.known.push(reg);
+            }
+        }
+        r
+    }
+
+    /// The registry a pattern's first segment names, normalised; the error says why not.
+    fn normalise(&self, segment: &str) -> Result<Registry, String> {
+        if let Some(r) = self.aliases.get(segment) {
+            return Ok(r.clone());
+        }
+        let r: Registry = segment
+            .parse()
+            .map_err(|_| format!("{segment:?} is not a registry host"))?;
+        if !self.known.is_empty() && !self.known.contains(&r) {
+            let known: Vec<String> = self.known.iter().map(|k| k.to_string()).collect();
+            return Err(format!(
+                "{r} has no [[upstream]], so no name can match (the registries are {})",
+                known.join(", ")
+            ));
+        }
+        Ok(r)
+    }
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
 
 /// A compiled `registry/repository[:tag]` pattern.
 #[derive(Debug, Clone)]
@@ -15,8 +67,46 @@ pub struct NamePattern {
 }
 
 impl NamePattern {
-    /// Compile `text`; `allow_tag` says whether a `:tag-glob` part may follow. The error says
-    /// what is wrong with it.
+    /// Compile `text`, normalised against `registries`; `allow_tag` says whether a
+    /// `:tag-glob` part may follow. The error says what is wrong with it.
+    pub fn parse_in(
+        text: &str,
+        allow_tag: bool,
+        registries: &Registries,
+    ) -> Result<NamePattern, String> {
+        let mut p = NamePattern::parse(text, allow_tag)?;
+        let Some((segment, rest)) = text.split_once('/') else {
+            return Ok(p);
+        };
+        if has_glob(segment) {
+            return Ok(p);
+        }
+        let registry = registries
+            .normalise(segment)
+            .map_err(|e| format!("{text:?}: {e}"))?;
+        let last = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last..].find(':') {
+            Some(i) => (&rest[..last + i], Some(&rest[last + i..])),
+            None => (rest, None),
+        };
+        if name.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(format!("{text:?}: repository names are lower case"));
+        }
+        let library = registry.is_docker_hub() && !name.contains('/') && !has_glob(name);
+        let normal = format!(
+            "{registry}/{}{name}{}",
+            if library { "library/" } else { "" },
+            tag.unwrap_or("")
+        );
+        if normal != text {
+            p = NamePattern::parse(&normal, allow_tag)?;
+            p.text = format!("{normal} (written {text})");
+        }
+        Ok(p)
+    }
+
+    /// Compile `text` as written (see [`NamePattern::parse_in`] for configured patterns);
+    /// `allow_tag` says whether a `:tag-glob` part may follow.
     pub fn parse(text: &str, allow_tag: bool) -> Result<NamePattern, String> {
         if text.is_empty() {
             return Err("an empty pattern matches nothing: use \"**\" for every name".into());
@@ -124,6 +214,37 @@ mod tests {
         let p = NamePattern::parse("registry.local:5000/app", true).unwrap();
         assert!(!p.has_tag());
         assert!(p.matches("registry.local:5000/app", None));
+    }
+
+    #[test]
+    fn configured_patterns_are_normalised_like_names() {
+        let mut c = crate::config::Config::default();
+        let mut gh = crate::config::UpstreamConfig::new("ghcr.io");
+        gh.aliases = vec!["gh".into()];
+        c.upstream.push(gh);
+        let regs = Registries::from_config(&c);
+        for (pat, name, want) in [
+            ("docker.io/alpine", "docker.io/library/alpine", true),
+            ("index.docker.io/org/**", "docker.io/org/app", true),
+            ("Docker.IO/org/*", "docker.io/org/app", true),
+            ("gh/org/**", "ghcr.io/org/app", true),
+            ("gh/org/**", "docker.io/gh/org/app", false),
+            ("*/org/app", "ghcr.io/org/app", true),
+        ] {
+            let p = NamePattern::parse_in(pat, true, &regs).unwrap();
+            assert_eq!(p.matches_name(name), want, "{pat} ~ {name}");
+        }
+        for (pat, needle) in [
+            ("quay.io/org/*", "no [[upstream]]"),
+            ("docker.io/Org/App", "lower case"),
+            ("not a host/x", "not a registry host"),
+        ] {
+            let e = NamePattern::parse_in(pat, true, &regs).unwrap_err();
+            assert!(e.contains(needle), "{pat}: {e}");
+        }
+        // A site with no upstream at all (bundles only) names any registry.
+        let none = Registries::default();
+        assert!(NamePattern::parse_in("quay.io/org/*", true, &none).is_ok());
     }
 
     #[test]

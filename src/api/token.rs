@@ -3,7 +3,9 @@
 //! credentials (`GET` with Basic, as docker and podman do; or an OAuth2 `POST` with
 //! `grant_type=password`, as containerd does first) and the scopes it wants, and gets a
 //! short-lived token for them. Without credentials the client gets an anonymous token, which
-//! the access rules may still honour by network.
+//! the access rules may still honour by network. A token is never issued in exchange for one
+//! of airlock's own (no renewal, no refresh tokens): every token goes back to a password or an
+//! external issuer's token, so removing a user or changing a password takes effect.
 
 use super::body::{self, Body};
 use super::handler::{State, set};
@@ -47,6 +49,13 @@ pub async fn answer(
                     })
                 })
                 .transpose()?;
+            if let Some(v) = authorization
+                && !v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+            {
+                return Err(Error::AuthRequired(
+                    "the token endpoint takes Basic credentials".into(),
+                ));
+            }
             auth.identify(authorization, peer.ip()).await?
         }
         Method::POST => {
@@ -63,14 +72,10 @@ pub async fn answer(
                     let value = format!("Basic {}", base64_encode(basic.as_bytes()));
                     auth.identify(Some(&value), peer.ip()).await?
                 }
-                Some("refresh_token") => {
-                    let t = field("refresh_token").unwrap_or_default();
-                    auth.identify(Some(&format!("Bearer {t}")), peer.ip())
-                        .await?
-                }
+                // No refresh tokens are issued: a refresh would renew a token forever.
                 other => {
                     return Err(Error::Unsupported(format!(
-                        "grant_type {other:?} is not supported: use password or refresh_token"
+                        "grant_type {other:?} is not supported: use password"
                     )));
                 }
             }
@@ -106,9 +111,13 @@ fn pull_names(scopes: &[String]) -> Result<Vec<String>> {
         .flat_map(|s| s.split(' '))
         .filter(|s| !s.is_empty())
     {
-        let mut parts = s.splitn(3, ':');
-        let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next())
-        else {
+        // The name may hold a registry's port (`repository:host:5000/app:pull`): the type ends
+        // at the first colon, the actions start after the last.
+        let split = s.split_once(':').and_then(|(kind, rest)| {
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some((kind, name, actions))
+        });
+        let Some((kind, name, actions)) = split else {
             return Err(Error::Unsupported(format!(
                 "scope {:?} is not type:name:actions",
                 cut(s)
@@ -179,6 +188,10 @@ mod tests {
             ]))
             .unwrap(),
             ["org/app", "ghcr.io/a/b"]
+        );
+        assert_eq!(
+            pull_names(&s(&["repository:registry.local:5000/team/app:pull"])).unwrap(),
+            ["registry.local:5000/team/app"]
         );
         assert!(
             pull_names(&s(&["registry:catalog:*", "repository:x:push"]))

@@ -8,6 +8,7 @@ use crate::auth::rules::Rules;
 use crate::config::Config;
 use crate::fetch_policy::FetchPolicy;
 use crate::metrics::Metrics;
+use crate::pattern::Registries;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -18,8 +19,9 @@ const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// Refuse what cannot work or would expose upstream credentials. The error says what to fix.
 pub fn check(config: &Config) -> Result<(), String> {
     let auth = &config.auth;
-    let rules = Rules::new(&config.access, auth.enabled())?;
-    FetchPolicy::new(&config.fetch)?;
+    let registries = Registries::from_config(config);
+    let rules = Rules::new(&config.access, auth.enabled(), &registries)?;
+    FetchPolicy::new(&config.fetch, &registries)?;
     if let Some(p) = &auth.htpasswd {
         HtpasswdFile::load(p).map_err(|e| format!("auth.htpasswd: {e}"))?;
     }
@@ -53,8 +55,15 @@ fn holds_credentials(config: &Config) -> bool {
 /// Build the authentication layer (after [`check`]).
 pub fn auth(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Auth>> {
     check(config).map_err(anyhow::Error::msg)?;
-    let auth = Auth::load(&config.auth, &config.access, &config.storage.path, metrics)
-        .map_err(anyhow::Error::msg)?;
+    let registries = Registries::from_config(config);
+    let auth = Auth::load(
+        &config.auth,
+        &config.access,
+        &registries,
+        &config.storage.path,
+        metrics,
+    )
+    .map_err(anyhow::Error::msg)?;
     if auth.enabled() && config.server.tls.is_none() {
         tracing::warn!(
             "AUTHENTICATION IS ON WITHOUT TLS: passwords and tokens cross the network in the clear. Set [server.tls], or auth.require_tls = true to refuse this."
@@ -77,15 +86,15 @@ pub fn auth(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Auth>>
 
 /// The fetch policy (after [`check`]).
 pub fn fetch_policy(config: &Config) -> anyhow::Result<FetchPolicy> {
-    FetchPolicy::new(&config.fetch).map_err(anyhow::Error::msg)
+    FetchPolicy::new(&config.fetch, &Registries::from_config(config)).map_err(anyhow::Error::msg)
 }
 
 /// Reload the htpasswd file when it changes (looked at every [`RELOAD_EVERY`]) or on SIGHUP,
 /// until `stop`. Connections are not touched; a broken file keeps the old users.
 pub async fn reload_periodically(auth: Arc<Auth>, mut stop: watch::Receiver<bool>) {
-    let Some(logins) = auth.logins() else {
+    if auth.logins().is_none() {
         return;
-    };
+    }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         let force = tokio::select! {
@@ -93,7 +102,11 @@ pub async fn reload_periodically(auth: Arc<Auth>, mut stop: watch::Receiver<bool
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             _ = stop.wait_for(|s| *s) => return,
         };
-        if let Err(e) = logins.reload(force) {
+        // Reading the file and hashing the reference password block: off the runtime.
+        let a = auth.clone();
+        let reloaded =
+            tokio::task::spawn_blocking(move || a.logins().map(|l| l.reload(force))).await;
+        if let Ok(Some(Err(e))) = reloaded {
             tracing::error!(error = %e, "htpasswd not reloaded: the users loaded before stay in force");
         }
     }

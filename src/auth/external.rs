@@ -81,6 +81,7 @@ impl External {
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.leeway = 30;
+        v.validate_nbf = true;
         let candidates = self.keys.iter().filter(|k| {
             k.key.family() == family
                 && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
@@ -104,7 +105,7 @@ impl External {
     fn user(&self, claims: &serde_json::Value) -> Result<User, String> {
         let name = claims["sub"]
             .as_str()
-            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .filter(|s| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control))
             .ok_or("no usable sub")?;
         let groups = match &claims[self.groups_claim.as_str()] {
             serde_json::Value::String(g) => vec![g.clone()],
@@ -117,6 +118,7 @@ impl External {
         Ok(User {
             name: name.to_string(),
             groups,
+            external_until: claims["exp"].as_u64(),
         })
     }
 }

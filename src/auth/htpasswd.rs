@@ -11,7 +11,8 @@ use std::time::SystemTime;
 #[derive(Debug)]
 pub struct Users {
     hashes: HashMap<String, String>,
-    /// Verified when the user is unknown, so "no such user" costs as much as a wrong password.
+    /// Verified when the user is unknown, at the highest cost in the file, so "no such user"
+    /// costs at least as much as a wrong password.
     dummy: String,
 }
 
@@ -40,7 +41,7 @@ impl Users {
             if hashes.insert(user.to_string(), hash.to_string()).is_some() {
                 return Err(format!("line {n}: user {user} appears twice"));
             }
-            cost.get_or_insert(c);
+            cost = cost.max(Some(c));
         }
         let dummy = bcrypt::hash(
             "airlock: a password nobody has",
@@ -59,6 +60,11 @@ impl Users {
                 false
             }
         }
+    }
+
+    /// Whether `user` has an entry.
+    pub fn contains(&self, user: &str) -> bool {
+        self.hashes.contains_key(user)
     }
 
     /// How many users there are.

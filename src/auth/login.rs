@@ -1,8 +1,10 @@
 //! Checking a user name and password, without letting junk credentials saturate the CPUs:
 //! verified pairs are cached for [`VERIFIED_TTL`] (keyed by a sha256 of the pair, never the
 //! password itself), bcrypt runs on at most one thread fewer than the machine has (at least
-//! one), a caller waits at most [`QUEUE_WAIT`] for it, and after [`FREE_FAILURES`] failed
-//! attempts from an address every further attempt from it waits longer, up to [`MAX_DELAY`].
+//! one), a caller waits at most [`QUEUE_WAIT`] for it, one address (an IPv6 /64) has at most
+//! [`PER_ADDRESS`] checks under way (more are refused at once with 429, so one client cannot
+//! queue out the others), and after [`FREE_FAILURES`] failed attempts from an address every
+//! further attempt from it waits longer, up to [`MAX_DELAY`].
 
 use super::User;
 use super::external::External;
@@ -26,6 +28,8 @@ pub const FREE_FAILURES: u32 = 3;
 pub const MAX_DELAY: Duration = Duration::from_secs(5);
 /// How long an attempt waits for a bcrypt thread before it is refused with 429.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// Password checks one address may have under way at once.
+pub const PER_ADDRESS: usize = 2;
 
 /// Verifies credentials.
 pub struct Logins {
@@ -34,6 +38,36 @@ pub struct Logins {
     verified: moka::sync::Cache<[u8; 32], User>,
     failures: moka::sync::Cache<IpAddr, u32>,
     bcrypt: Arc<Semaphore>,
+    checking: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+/// One password check under way for an address; dropping it ends it.
+struct Checking {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl Drop for Checking {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The address a client is counted under: itself, or its /64 for IPv6.
+fn client_key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
 impl Logins {
@@ -59,6 +93,7 @@ impl Logins {
                 .time_to_idle(Duration::from_secs(300))
                 .build(),
             bcrypt: Arc::new(Semaphore::new(threads)),
+            checking: Arc::default(),
         })
     }
 
@@ -102,6 +137,13 @@ impl Logins {
         if let Some(u) = self.verified.get(&key) {
             return Ok(u);
         }
+        let _checking = self.start_check(addr).ok_or_else(|| {
+            metrics.auth_denials.with_label_values(&["throttled"]).inc();
+            Error::Throttled(
+                "too many logins from this address at once: try again in a moment".into(),
+            )
+        })?;
+        let addr = client_key(addr);
         let failures = self.failures.get(&addr).unwrap_or(0);
         if failures >= FREE_FAILURES {
             let shift = (failures - FREE_FAILURES).min(10);
@@ -134,9 +176,32 @@ impl Logins {
         let u = User {
             name: user.to_string(),
             groups: Vec::new(),
+            external_until: None,
         };
         self.verified.insert(key, u.clone());
         Ok(u)
+    }
+
+    /// A place for one more check from `addr`, if it has fewer than [`PER_ADDRESS`] under way.
+    fn start_check(&self, addr: IpAddr) -> Option<Checking> {
+        let key = client_key(addr);
+        let mut m = self.checking.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Checking {
+            map: self.checking.clone(),
+            key,
+        })
+    }
+
+    /// Whether `user` is in the htpasswd file now.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.htpasswd
+            .as_ref()
+            .is_some_and(|f| f.users().contains(user))
     }
 
     /// Verify an external issuer's token.
@@ -219,6 +284,27 @@ mod tests {
             m.auth_denials.with_label_values(&["bad_credentials"]).get(),
             3
         );
+    }
+
+    #[test]
+    fn one_address_has_a_bounded_number_of_checks_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = logins(dir.path(), &[("alice", "x")]);
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let same64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        let held: Vec<_> = (0..PER_ADDRESS)
+            .map(|_| l.start_check(a).expect("a place"))
+            .collect();
+        assert!(
+            l.start_check(same64).is_none(),
+            "the same /64 is at its bound"
+        );
+        assert!(
+            l.start_check("192.0.2.1".parse().unwrap()).is_some(),
+            "another address is not"
+        );
+        drop(held);
+        assert!(l.start_check(same64).is_some());
     }
 
     #[tokio::test]

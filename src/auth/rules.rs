@@ -8,7 +8,7 @@
 
 use super::{Caller, Who};
 use crate::config::AccessRule;
-use crate::pattern::NamePattern;
+use crate::pattern::{NamePattern, Registries};
 use ipnet::IpNet;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -45,7 +45,7 @@ pub struct Rules {
 impl Rules {
     /// Compile `rules`; `auth` says whether authentication is configured. The error names
     /// the rule and what is wrong with it.
-    pub fn new(rules: &[AccessRule], auth: bool) -> Result<Rules, String> {
+    pub fn new(rules: &[AccessRule], auth: bool, registries: &Registries) -> Result<Rules, String> {
         let mut out = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             let key = format!("access[{i}]");
@@ -58,7 +58,7 @@ impl Rules {
             let repositories = r
                 .repositories
                 .iter()
-                .map(|p| NamePattern::parse(p, false))
+                .map(|p| NamePattern::parse_in(p, false, registries))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("{key}.repositories: {e}"))?;
             let anonymous = r
@@ -204,6 +204,7 @@ mod tests {
         let u = User {
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            external_until: None,
         };
         Caller::new(Who::User(u), "192.0.2.1".parse().unwrap())
     }
@@ -223,6 +224,7 @@ mod tests {
                 rule(&["**"], |r| r.authenticated = true),
             ],
             true,
+            &Registries::default(),
         )
         .unwrap();
         use Decision::*;
@@ -254,13 +256,13 @@ mod tests {
 
     #[test]
     fn no_rules_means_authentication_decides_and_no_match_means_denied() {
-        let open = Rules::new(&[], false).unwrap();
+        let open = Rules::new(&[], false, &Registries::default()).unwrap();
         assert_eq!(
             open.decide(&anon("192.0.2.1"), "docker.io/a/b"),
             Decision::Allow
         );
         assert!(open.anonymous_welcome("192.0.2.1".parse().unwrap()));
-        let closed = Rules::new(&[], true).unwrap();
+        let closed = Rules::new(&[], true, &Registries::default()).unwrap();
         assert!(matches!(
             closed.decide(&anon("192.0.2.1"), "docker.io/a/b"),
             Decision::Challenge(_)
@@ -273,6 +275,7 @@ mod tests {
         let some = Rules::new(
             &[rule(&["docker.io/a/*"], |r| r.authenticated = true)],
             true,
+            &Registries::default(),
         )
         .unwrap();
         match some.decide(&user("x", &[]), "ghcr.io/a/b") {
@@ -283,6 +286,7 @@ mod tests {
         let net = Rules::new(
             &[rule(&["**"], |r| r.anonymous = vec!["127.0.0.1".into()])],
             false,
+            &Registries::default(),
         )
         .unwrap();
         assert_eq!(
@@ -315,7 +319,7 @@ mod tests {
                 "not a network",
             ),
         ] {
-            let e = Rules::new(&[r], auth).unwrap_err();
+            let e = Rules::new(&[r], auth, &Registries::default()).unwrap_err();
             assert!(e.contains(needle), "{e}");
         }
     }

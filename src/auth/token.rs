@@ -46,6 +46,9 @@ struct Claims {
     /// Groups, carried over from an external token the user logged in with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     groups: Vec<String>,
+    /// When the external token the user logged in with expires (then `exp` is no later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ext_exp: Option<u64>,
     /// No user: issued to a client without credentials.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     anonymous: bool,
@@ -128,17 +131,18 @@ impl Issuer {
     }
 
     fn issue_at(&self, who: &Who, names: &[String], now: u64) -> Result<String, String> {
-        let (sub, groups, anonymous) = match who {
-            Who::Anonymous => (String::new(), Vec::new(), true),
-            Who::User(u) => (u.name.clone(), u.groups.clone(), false),
+        let (sub, groups, ext_exp, anonymous) = match who {
+            Who::Anonymous => (String::new(), Vec::new(), None, true),
+            Who::User(u) => (u.name.clone(), u.groups.clone(), u.external_until, false),
         };
+        let exp = (now + self.ttl.as_secs()).min(ext_exp.unwrap_or(u64::MAX));
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti).map_err(|_| "no randomness for a token id".to_string())?;
         let claims = Claims {
             iss: ISSUER.into(),
             sub,
             aud: self.service.clone(),
-            exp: now + self.ttl.as_secs(),
+            exp,
             nbf: now.saturating_sub(1),
             iat: now,
             jti: hex::encode(jti),
@@ -151,6 +155,7 @@ impl Issuer {
                 })
                 .collect(),
             groups,
+            ext_exp,
             anonymous,
         };
         let mut header = Header::new(Algorithm::ES256);
@@ -176,6 +181,7 @@ impl Issuer {
             Who::User(User {
                 name: c.sub,
                 groups: c.groups,
+                external_until: c.ext_exp,
             })
         };
         let names = c
@@ -251,6 +257,7 @@ mod tests {
         let alice = Who::User(User {
             name: "alice".into(),
             groups: vec!["dev".into()],
+            external_until: None,
         });
         let t = iss.issue(&alice, &["org/app".into()]).unwrap();
         assert!(Issuer::claims_to_be_ours(&t));

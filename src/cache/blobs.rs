@@ -49,7 +49,12 @@ impl Cache {
             match first {
                 // Another repository's fetch failed (its credentials, its rate limit): fetch
                 // for this one instead, once.
-                FillState::Failed(_) if foreign && !retried => retried = true,
+                // (Not when the policy refused it: that holds for every repository.)
+                FillState::Failed(ref e)
+                    if foreign && !retried && !matches!(e, Error::Denied(_)) =>
+                {
+                    retried = true
+                }
                 FillState::Failed(e) => return Err(e),
                 _ => {
                     let outcome = if started {
@@ -104,6 +109,8 @@ impl Cache {
         {
             return Ok((Some(size), Outcome::Coalesced));
         }
+        // Not here: asking the upstream is a fetch the policy may refuse.
+        self.fetch_allowed(self.policy().repository(repo))?;
         let size = self.confirm(repo, digest).await?;
         Ok((size, Outcome::Miss))
     }

@@ -226,7 +226,15 @@ impl Task {
             })?;
         let size = body.size;
         let max = self.ctx.max_size.unwrap_or(u64::MAX);
-        if size.is_some_and(|s| s > max) {
+        if let Some(s) = size.filter(|s| *s > max) {
+            // Remembered, so the next request is refused before any GET.
+            if self.ctx.index.blob_info(&self.digest)?.is_none() {
+                let info = BlobInfo {
+                    size: s,
+                    media_type: None,
+                };
+                self.ctx.index.set_blob_info(&self.digest, &info)?;
+            }
             return Err(Error::Denied(format!(
                 "the fetch policy refuses {}: it has {} bytes, more than fetch.max_blob_size ({max})",
                 self.digest,

@@ -161,12 +161,21 @@ impl Cache {
     ) -> Result<Option<(Arc<Manifest>, Outcome)>> {
         let upstream = self.upstream(repo)?.upstream.clone();
         if known.is_none() {
-            self.fetch_allowed(self.policy().tag(repo, tag.as_str()))?;
+            self.fetch_allowed(self.policy().tag(repo, tag.as_str(), |d| {
+                self.inner.index.is_linked(repo, d).unwrap_or(false)
+            }))?;
         }
         let reference = Reference::Tag(tag.clone());
         if let Some((rec, m)) = known {
             // Fresh, or no longer allowed to be fetched: what is cached is what is served.
-            if self.is_fresh(repo, rec) || self.policy().tag(repo, tag.as_str()).is_err() {
+            if self.is_fresh(repo, rec)
+                || self
+                    .policy()
+                    .tag(repo, tag.as_str(), |d| {
+                        self.inner.index.is_linked(repo, d).unwrap_or(false)
+                    })
+                    .is_err()
+            {
                 return Ok(Some((m.clone(), Outcome::Hit)));
             }
             let Some(head) = upstream

@@ -514,6 +514,8 @@ async fn refused_fetches_cost_the_upstream_no_get() {
         .count_requests("GET", "/v2/library/small/manifests/latest", &[200])
         .await;
     assert_eq!(latest, before_latest, "no GET of a denied tag");
+    let (status, code, _) = get(&format!("{}/v2/evil/app/tags/list", airlock.url()), None).await;
+    assert_eq!((status, code.as_str()), (403, "DENIED"), "a tag list of it");
     let evil_gets = hub
         .count_requests("GET", "/v2/evil/app/", &[200, 307])
         .await;
@@ -554,6 +556,40 @@ async fn a_changed_htpasswd_file_works_without_a_restart() {
         200,
         "a new user"
     );
+    // A token is worth nothing once its user is gone, and never buys a new token.
+    let t = token(&airlock, "repository:org/app:pull", "alice", "new-pw").await;
+    let m = format!("{}/v2/org/app/manifests/v1", airlock.url());
+    assert_eq!(get(&m, Some(&format!("Bearer {t}"))).await.0, 200);
+    let renew = client()
+        .get(format!(
+            "{}/auth/token?scope=repository:org/app:pull",
+            airlock.url()
+        ))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renew.status(), 401, "no renewal from airlock's own token");
+    htpasswd(site.dir.path(), &[("carol", "carol-pw")]);
+    let mut gone = false;
+    for _ in 0..100 {
+        if get(&m, Some(&format!("Bearer {t}"))).await.0 == 401 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "alice's token is refused once she is removed");
+    htpasswd(
+        site.dir.path(),
+        &[("alice", "new-pw"), ("carol", "carol-pw")],
+    );
+    for _ in 0..100 {
+        if get(&v2, Some(&basic("alice", "new-pw"))).await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // A broken file keeps the users in force.
     std::fs::write(site.dir.path().join("htpasswd"), "alice:plaintext\n").unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
