@@ -120,6 +120,7 @@ pub async fn remove(cache: &Cache, image: &ImageRef) -> Result<Removal> {
     let mut removal = Removal::default();
     index.set_pinned(&image.to_string(), false)?;
     index.set_pinned(&named(Reference::Digest(root.clone())), false)?;
+    index.remove_digest_pull(repo, &root)?;
     for t in &tags {
         let tagged = named(Reference::Tag(t.clone()));
         index.set_pinned(&tagged, false)?;

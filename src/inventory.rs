@@ -121,12 +121,12 @@ pub fn closure(
     Ok(c)
 }
 
-/// One tagged image in the cache.
+/// One image in the cache: a tag, or a manifest pulled by digest that no tag reaches.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// `registry/repo:tag`.
+    /// `registry/repo:tag`, or `registry/repo@digest`.
     pub reference: ImageRef,
-    /// The manifest the tag points at.
+    /// The manifest the tag points at (or the one pulled by digest).
     pub digest: Digest,
     /// Its media type.
     pub media_type: String,
@@ -136,14 +136,51 @@ pub struct Image {
     pub size: u64,
     /// When its manifest was last served (ms since the epoch).
     pub last_access_ms: Option<u64>,
-    /// When the upstream last confirmed the tag (ms since the epoch).
+    /// When the upstream last confirmed the tag, or when the digest was first pulled (ms since
+    /// the epoch).
     pub fetched_at_ms: u64,
     /// Whether a pin covers it.
     pub pinned: bool,
 }
 
-/// Every tagged image, in registry/repository/tag order.
+/// Every image: the tagged ones in registry/repository/tag order, then the manifests pulled by
+/// digest that no tag reaches (an index's platform manifests, fetched by digest as every
+/// client does, belong to the index's image) and that are still stored.
 pub fn images(store: &dyn BlobStore, index: &dyn Index) -> Result<Vec<Image>> {
+    let mut out = tagged_images(store, index)?;
+    let reached: HashSet<Digest> = out
+        .iter()
+        .flat_map(|i| i.closure.stored.iter().cloned())
+        .collect();
+    let pins: HashSet<String> = index.pins()?.into_iter().collect();
+    for (repo, digest, at) in index.digest_pulls()? {
+        if reached.contains(&digest) || store.stat(&digest)?.is_none() {
+            continue;
+        }
+        let closure = closure(store, &digest, None)?;
+        let reference = ImageRef {
+            repo,
+            reference: Reference::Digest(digest.clone()),
+        };
+        let media_type = index
+            .blob_info(&digest)?
+            .and_then(|i| i.media_type)
+            .unwrap_or_default();
+        out.push(Image {
+            pinned: pins.contains(&reference.to_string()),
+            size: closure.size(store),
+            last_access_ms: index.last_access(&digest)?,
+            fetched_at_ms: at,
+            digest,
+            media_type,
+            closure,
+            reference,
+        });
+    }
+    Ok(out)
+}
+
+fn tagged_images(store: &dyn BlobStore, index: &dyn Index) -> Result<Vec<Image>> {
     let pins: HashSet<String> = index.pins()?.into_iter().collect();
     let mut out = Vec::new();
     for (repo, tag, rec) in index.all_tags()? {

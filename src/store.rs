@@ -145,6 +145,14 @@ pub trait Index: Send + Sync {
     fn touch(&self, digest: &Digest) -> Result<()>;
     /// When content was last used (milliseconds since the epoch), if ever recorded.
     fn last_access(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Record that `repo`'s manifest `digest` was pulled by digest (as Kubernetes pulls pinned
+    /// references): an image in its own right, listed and aged like a tagged one. Keeps the
+    /// first time (ms since the epoch) when already recorded.
+    fn set_digest_pull(&self, repo: &Repository, digest: &Digest, at_ms: u64) -> Result<()>;
+    /// Forget a pull by digest (the image was removed or evicted).
+    fn remove_digest_pull(&self, repo: &Repository, digest: &Digest) -> Result<()>;
+    /// Every pull by digest: repository, manifest, when first pulled; in key order.
+    fn digest_pulls(&self) -> Result<Vec<(Repository, Digest, u64)>>;
     /// Pinned image references (`registry/repo:tag` or `registry/repo@digest`), sorted.
     fn pins(&self) -> Result<Vec<String>>;
     /// Pin or unpin an image reference; returns whether it was pinned before.

@@ -231,6 +231,7 @@ impl Cache {
                 .await?
                 .ok_or_else(unknown)?;
             self.inner.index.link(repo, digest)?;
+            self.inner.index.set_digest_pull(repo, digest, now_ms())?;
             return Ok(ManifestAnswer {
                 manifest: m,
                 outcome: Outcome::Hit,
@@ -242,6 +243,7 @@ impl Cache {
             .await?
             .ok_or_else(unknown)?;
         let m = self.store_manifest(repo, fetched, Some(digest)).await?;
+        self.inner.index.set_digest_pull(repo, digest, now_ms())?;
         Ok(ManifestAnswer {
             manifest: m,
             outcome: Outcome::Miss,

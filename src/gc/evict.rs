@@ -10,7 +10,7 @@ use super::refs::Snapshot;
 use super::{Cap, Removal, blocking, delete};
 use crate::cache::Cache;
 use crate::error::Result;
-use crate::oci::Digest;
+use crate::oci::{Digest, Reference};
 use crate::store::Index;
 use crate::store::index::TOUCH_EVERY_MS;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,8 +95,13 @@ impl Run {
                 continue;
             }
             let img = &snap.images[i];
-            cache.index().remove_tag(&img.repo, &img.tag)?;
-            cache.forget_tag_answer(&img.repo, &img.tag).await;
+            match &img.name {
+                Reference::Tag(tag) => {
+                    cache.index().remove_tag(&img.repo, tag)?;
+                    cache.forget_tag_answer(&img.repo, tag).await;
+                }
+                Reference::Digest(d) => cache.index().remove_digest_pull(&img.repo, d)?,
+            }
             self.removal.images.push(img.reference().to_string());
             snap.release(i);
             self.delete(cache, freed).await;
@@ -126,15 +131,19 @@ fn oldest_first(index: &dyn Index, blobs: Vec<(Digest, u64)>) -> Result<Vec<(Dig
 /// pulled again meanwhile is the most recently used one, not a candidate.
 fn untouched_since_scan(index: &dyn Index, snap: &Snapshot, i: usize) -> Result<bool> {
     let img = &snap.images[i];
-    let same_tag = index
-        .tag(&img.repo, &img.tag)?
-        .is_some_and(|r| r.digest == img.digest && r.fetched_at_ms <= snap.started_ms);
+    let same_tag = match &img.name {
+        Reference::Tag(tag) => index
+            .tag(&img.repo, tag)?
+            .is_some_and(|r| r.digest == img.digest && r.fetched_at_ms <= snap.started_ms),
+        // A pull by digest names its content for good: only its use matters.
+        Reference::Digest(_) => true,
+    };
     // Access times are written at most once per TOUCH_EVERY_MS: anything within that window
     // before the scan may have been used since.
     let horizon = snap.started_ms.saturating_sub(TOUCH_EVERY_MS);
     let unused = index.last_access(&img.digest)?.is_none_or(|t| t <= horizon);
     // A pin set since the scan (a preload pins without the maintenance lock) protects it.
-    let tagged = format!("{}:{}", img.repo, img.tag);
+    let tagged = img.reference().to_string();
     let by_digest = format!("{}@{}", img.repo, img.digest);
     let pinned = index
         .pins()?

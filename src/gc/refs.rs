@@ -8,16 +8,16 @@
 
 use crate::error::Result;
 use crate::inventory;
-use crate::oci::{Digest, ImageRef, Reference, Repository, Tag};
+use crate::oci::{Digest, ImageRef, Reference, Repository};
 use crate::store::{BlobStore, Index, now_ms};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-/// One tag record and what it reaches.
+/// One image (a tag record, or a pull by digest) and what it reaches.
 pub(super) struct Tagged {
     /// Its repository.
     pub repo: Repository,
-    /// The tag.
-    pub tag: Tag,
+    /// The tag, or the digest it was pulled by.
+    pub name: Reference,
     /// The manifest it pointed at during the scan.
     pub digest: Digest,
     /// The stored digests it reaches.
@@ -29,11 +29,11 @@ pub(super) struct Tagged {
 }
 
 impl Tagged {
-    /// `registry/repo:tag`.
+    /// `registry/repo:tag` or `registry/repo@digest`.
     pub fn reference(&self) -> ImageRef {
         ImageRef {
             repo: self.repo.clone(),
-            reference: Reference::Tag(self.tag.clone()),
+            reference: self.name.clone(),
         }
     }
 }
@@ -61,9 +61,6 @@ impl Snapshot {
         let mut refs: HashMap<Digest, usize> = HashMap::new();
         let mut images = Vec::new();
         for image in inventory::images(store, index)? {
-            let Reference::Tag(tag) = image.reference.reference else {
-                continue;
-            };
             for d in &image.closure.stored {
                 *refs.entry(d.clone()).or_default() += 1;
             }
@@ -71,7 +68,7 @@ impl Snapshot {
                 pinned: image.pinned || pinned.contains(&image.digest),
                 recency: image.last_access_ms.unwrap_or(0).max(image.fetched_at_ms),
                 repo: image.reference.repo,
-                tag,
+                name: image.reference.reference,
                 digest: image.digest,
                 closure: image.closure.stored,
             });
@@ -171,6 +168,57 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_by_digest_is_an_image_in_lru_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let index = SledIndex::open(&dir.path().join("index")).unwrap();
+        let put = |b: &[u8]| {
+            let d = Digest::of(b);
+            store.put(&d, b).unwrap();
+            d
+        };
+        let (cfg, old, new) = (put(b"cfg"), put(b"old"), put(b"new"));
+        let (m_old, m_new) = (put(&manifest(&cfg, &[&old])), put(&manifest(&cfg, &[&new])));
+        let repo: Repository = ImageRef::parse("x/y", &"docker.io".parse().unwrap())
+            .unwrap()
+            .repo;
+        let rec = TagRecord {
+            digest: m_new.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            fetched_at_ms: 50,
+        };
+        index.set_tag(&repo, &"v2".parse().unwrap(), &rec).unwrap();
+        index.set_digest_pull(&repo, &m_old, 10).unwrap();
+        index.set_digest_pull(&repo, &m_old, 99).unwrap(); // the first time is kept
+        let snap = Snapshot::take(&store, &index).unwrap();
+        assert!(
+            snap.unreferenced().is_empty(),
+            "the digest pull reaches its layer"
+        );
+        let order: Vec<String> = snap
+            .lru_order()
+            .iter()
+            .map(|i| snap.images[*i].reference().to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                format!("docker.io/x/y@{m_old}"),
+                "docker.io/x/y:v2".to_string()
+            ],
+            "older first"
+        );
+        index.remove_digest_pull(&repo, &m_old).unwrap();
+        let snap = Snapshot::take(&store, &index).unwrap();
+        let loose: BTreeSet<Digest> = snap.unreferenced().into_iter().map(|(d, _)| d).collect();
+        assert_eq!(
+            loose,
+            BTreeSet::from([old, m_old]),
+            "forgotten: loose again"
+        );
+    }
+
+    #[test]
     fn counts_shared_blobs_and_protects_pins() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).unwrap();
@@ -201,7 +249,7 @@ mod tests {
         let ia = snap
             .images
             .iter()
-            .position(|i| i.tag.as_str() == "a")
+            .position(|i| i.name.to_string() == "a")
             .unwrap();
         assert_eq!(
             snap.lru_order(),

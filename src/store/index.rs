@@ -33,6 +33,8 @@ pub struct SledIndex {
     links: sled::Tree,
     access: sled::Tree,
     pins: sled::Tree,
+    /// Manifests pulled by digest, per repository (key: registry, name, digest).
+    pulls: sled::Tree,
     touched: Mutex<HashMap<Digest, u64>>,
 }
 
@@ -65,6 +67,7 @@ impl SledIndex {
             links: db.open_tree("links").map_err(err)?,
             access: db.open_tree("access").map_err(err)?,
             pins: db.open_tree("pins").map_err(err)?,
+            pulls: db.open_tree("pulls").map_err(err)?,
             db,
             touched: Mutex::new(HashMap::new()),
         })
@@ -189,6 +192,40 @@ impl Index for SledIndex {
                 let bytes: [u8; 8] = v.as_ref().try_into().ok()?;
                 Some(u64::from_be_bytes(bytes))
             }))
+    }
+
+    fn set_digest_pull(&self, repo: &Repository, digest: &Digest, at_ms: u64) -> Result<()> {
+        let key = repo_key(repo, &digest.to_string());
+        self.pulls
+            .compare_and_swap(key, None as Option<&[u8]>, Some(&at_ms.to_be_bytes()[..]))
+            .map_err(err)?
+            .ok();
+        Ok(())
+    }
+
+    fn remove_digest_pull(&self, repo: &Repository, digest: &Digest) -> Result<()> {
+        self.pulls
+            .remove(repo_key(repo, &digest.to_string()))
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn digest_pulls(&self) -> Result<Vec<(Repository, Digest, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.pulls.iter() {
+            let (k, v) = kv.map_err(err)?;
+            let key = String::from_utf8_lossy(&k);
+            let mut parts = key.split('\0');
+            let (Some(r), Some(n), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(registry), Ok(name), Ok(digest)) = (r.parse(), n.parse(), d.parse()) else {
+                continue;
+            };
+            let at = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
+            out.push((Repository { registry, name }, digest, at));
+        }
+        Ok(out)
     }
 
     fn pins(&self) -> Result<Vec<String>> {

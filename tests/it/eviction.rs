@@ -12,7 +12,7 @@ use airlock::{cache::Cache, inventory};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use support::airlock::{Airlock, config, upstream};
-use support::image::{Artifact, Image, ImageBuilder};
+use support::image::{Artifact, Image, ImageBuilder, Index, Platform};
 use support::push;
 use support::registry::Registry;
 use tokio::sync::OnceCell;
@@ -326,16 +326,23 @@ async fn collection_removes_what_no_tag_or_pin_reaches() {
     let airlock = airlock_for(reg, None).await;
     let cache = airlock.cache();
     airlock.pull("gc/tagged:v1", &tagged).await;
-    // Pulled by digest only: no tag record; one of them pinned by digest.
+    // Pulled by digest and pinned by digest.
     let by_digest = format!("gc/pinned@{}", pinned.digest);
     airlock.pull(&by_digest, &pinned).await;
     cache
         .index()
         .set_pinned(&full(&by_digest), true)
         .expect("pin");
+    // Loose: pulled by digest, then its record is gone (as when an image is removed while
+    // one of its blobs is being served): nothing reaches it any more.
     airlock
         .pull(&format!("gc/loose@{}", loose.digest), &loose)
         .await;
+    let loose_repo = image_ref(&format!("gc/loose@{}", loose.digest)).repo;
+    cache
+        .index()
+        .remove_digest_pull(&loose_repo, &loose.digest.parse().unwrap())
+        .expect("forget the pull");
 
     let removal = gc::collect(cache).await.expect("gc");
     assert!(removal.images.is_empty());
@@ -410,4 +417,46 @@ async fn verify_quarantines_a_corrupt_blob_and_the_next_pull_fetches_it_again() 
     assert!(std::fs::read(&path).expect("stored again") == layer.data);
     let report = gc::verify(cache, &Progress::none()).await.expect("verify");
     assert!(report.corrupt.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_pulled_by_digest_is_listed_survives_gc_and_pulls_offline() {
+    let reg = Registry::start().await;
+    let img = Image::oci("evict-by-digest", &[30_000, 20_000]);
+    let tagged = Index::oci(
+        "evict-by-digest-tagged",
+        &[Platform::amd64(), Platform::arm64()],
+        &[10_000],
+    );
+    push::push(&reg.url(), "org/pinned", &["v1"], &img).await;
+    push::push(&reg.url(), "org/multi", &["v1"], &tagged).await;
+    let airlock = airlock_for(&reg, None).await;
+    let by_digest = format!("org/pinned@{}", img.digest);
+    // As Kubernetes pulls a pinned reference; and an index by tag, whose platform manifests
+    // every client fetches by digest.
+    airlock.pull(&by_digest, &img).await;
+    airlock.pull("org/multi:v1", &tagged).await;
+    let ls = listed(airlock.cache());
+    assert_eq!(
+        ls,
+        BTreeSet::from([full(&by_digest), full("org/multi:v1")]),
+        "one entry per image"
+    );
+    let removal = gc::collect(airlock.cache()).await.expect("gc");
+    assert_eq!(removal.blobs, 0, "gc removes nothing of either");
+    for d in digests(&img) {
+        assert!(airlock.has_blob(&d), "{d} survived gc");
+    }
+    reg.stop().await;
+    airlock.pull(&by_digest, &img).await;
+    // `cache rm` takes it by its digest, as it is listed.
+    let removal = gc::remove(airlock.cache(), &image_ref(&by_digest))
+        .await
+        .expect("rm");
+    assert_eq!(removal.images, [full(&by_digest)]);
+    assert_eq!(
+        listed(airlock.cache()),
+        BTreeSet::from([full("org/multi:v1")])
+    );
+    assert!(!airlock.has_blob(&img.layers[0].digest));
 }
