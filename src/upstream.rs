@@ -5,6 +5,7 @@ pub mod auth;
 pub mod breaker;
 pub mod client;
 pub mod credentials;
+pub mod trust;
 
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Reference, Registry, RepoName};

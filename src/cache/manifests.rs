@@ -281,6 +281,17 @@ impl Cache {
                 )));
             }
         }
+        if !is_manifest_type(&fetched.media_type) || !looks_like_manifest(&bytes) {
+            // A captive portal's page, a proxy's login form: the upstream was not reached, so
+            // this is no answer, and a known tag answer is served instead.
+            return Err(Error::UpstreamUnavailable {
+                registry: repo.registry.to_string(),
+                message: format!(
+                    "{repo} answered {} that is not a manifest (a captive portal or a proxy's page?)",
+                    cut(&fetched.media_type)
+                ),
+            });
+        }
         let (store, d, b) = (inner.store.clone(), digest.clone(), bytes.clone());
         match tokio::task::spawn_blocking(move || store.put(&d, &b))
             .await
@@ -420,6 +431,23 @@ impl Cache {
             Err(_) => true,
         }
     }
+}
+
+/// Whether `bytes` are a JSON object with a manifest's `schemaVersion` or `mediaType`.
+fn looks_like_manifest(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<serde_json::Value>,
+        #[serde(rename = "mediaType")]
+        media_type: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Probe>(bytes)
+        .is_ok_and(|p| p.schema_version.is_some() || p.media_type.is_some())
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 /// Whether a stored media type is a manifest's (not a config or layer also named by digest).

@@ -22,7 +22,8 @@ pub struct Session {
 impl Session {
     /// Connect to the running airlock of `config`'s data directory, or start an embedded one.
     pub async fn open(config: Config) -> anyhow::Result<Session> {
-        let http = reqwest::Client::builder().build()?;
+        // The admin API is on this machine: never through a proxy from the environment.
+        let http = reqwest::Client::builder().no_proxy().build()?;
         let data = config.storage.path.clone();
         if let Some(advert) = app::read_advert(&data) {
             let alive = http

@@ -70,6 +70,10 @@ pub struct UpstreamConfig {
     /// Upper bound of `backoff`.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Hosts besides the registry's own that may serve its token realm (credentials are sent
+    /// there). Docker Hub's auth.docker.io is built in.
+    #[serde(default)]
+    pub token_hosts: Vec<String>,
 }
 
 fn default_stale_timeout() -> Duration {
@@ -132,6 +136,7 @@ impl UpstreamConfig {
             failure_threshold: default_failure_threshold(),
             backoff: default_backoff(),
             max_backoff: default_max_backoff(),
+            token_hosts: Vec::new(),
         }
     }
 

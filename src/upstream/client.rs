@@ -7,6 +7,7 @@
 use super::auth::{Auth, Challenge};
 use super::breaker::{Breaker, Health};
 use super::credentials::CredentialProvider;
+use super::trust;
 use super::{BlobBody, FetchedManifest, Upstream};
 use crate::config::{CredentialsConfig, UpstreamConfig};
 use crate::error::{Error, Result};
@@ -36,6 +37,8 @@ pub struct HttpUpstream {
     breaker: Breaker,
     metrics: Arc<Metrics>,
     request_timeout: Duration,
+    /// Hosts besides the registry's own allowed to serve its token realm.
+    token_hosts: Vec<String>,
 }
 
 impl HttpUpstream {
@@ -91,6 +94,7 @@ impl HttpUpstream {
             base,
             http,
             request_timeout: config.request_timeout,
+            token_hosts: config.token_hosts.clone(),
         })
     }
 
@@ -156,8 +160,21 @@ impl HttpUpstream {
                 .iter()
                 .filter_map(|v| v.to_str().ok().and_then(Challenge::parse))
                 .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
+            // A challenge counts only from the registry itself (not a CDN it redirected to),
+            // and credentials go only to a realm on its host or one named for it.
+            if resp.url().origin() != self.base.origin() {
+                break;
+            }
             match challenge {
-                Some(c) => self.auth.learn(c),
+                Some(c) => {
+                    if let Challenge::Bearer { realm, .. } = &c
+                        && let Err(why) = trust::realm(&self.base, realm, &self.token_hosts)
+                    {
+                        tracing::warn!(registry = %self.registry, reason = %why, "token realm refused");
+                        return Err(self.invalid(why));
+                    }
+                    self.auth.learn(c)
+                }
                 None if attempt == 0 => break,
                 None => {}
             }
@@ -274,6 +291,8 @@ impl HttpUpstream {
                         resp.status()
                     ))
                 })?;
+            trust::redirect(&self.base, &url, &location)
+                .map_err(|why| self.invalid(format!("refused {why}")))?;
             url = location;
         }
         Err(self.invalid(format!("more than {MAX_REDIRECTS} redirects")))
@@ -419,6 +438,9 @@ impl Upstream for HttpUpstream {
             let next = header_str(&resp, header::LINK)
                 .and_then(next_link)
                 .and_then(|l| url.join(&l).ok());
+            if let Some(n) = &next {
+                trust::link(&self.base, n).map_err(|why| self.invalid(format!("refused {why}")))?;
+            }
             let body = self.read_limited(resp, MAX_MANIFEST_BYTES).await?;
             let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| self.invalid(format!("tag list of {repo} is not JSON: {e}")))?;

@@ -203,3 +203,37 @@ async fn serve_without_a_file_uses_the_documented_defaults() {
         "Docker Hub is the default upstream: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_commands_reach_the_server_without_any_proxy_from_the_environment() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let daemon = support::daemon::Daemon::start_with_top("upstream = []", "", &[]).await;
+    // A "proxy" that counts every connection it gets.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let accepting = tokio::spawn(async move {
+        while let Ok((_s, _)) = proxy.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    c.args(["cache", "ls", "-c"]).arg(&daemon.config);
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        c.env(var, &proxy_url);
+    }
+    c.env_remove("NO_PROXY").env_remove("no_proxy");
+    let (code, out, err) = output(c).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the proxy was used");
+    accepting.abort();
+}

@@ -12,7 +12,6 @@ use support::airlock::error_code;
 use support::image::{ACCEPT_ALL, Image};
 use support::registry::Registry;
 use support::{push, skopeo};
-use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 /// A helper that logs each call and answers wrong credentials the first time (an expired
@@ -40,59 +39,71 @@ fn calls(helper: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `airlock serve` with `config` (and `path_extra` first on its PATH), on a port that was free;
+/// its log goes to a file in the returned directory. Ready once airlock itself logs that it
+/// serves that port (a port lost to another process between choosing and binding it makes
+/// airlock exit, and another port is chosen).
 async fn start(config: &str, path_extra: Option<&Path>) -> (Child, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let port = support::free_port();
     let file = dir.path().join("airlock.toml");
     let data = dir.path().join("data");
-    std::fs::write(
-        &file,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{config}",
-            data.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_airlock"));
-    cmd.args(["serve", "-c", file.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(extra) = path_extra {
-        cmd.env(
-            "PATH",
+    let log = dir.path().join("airlock.log");
+    for _ in 0..5 {
+        let port = support::free_port();
+        std::fs::write(
+            &file,
             format!(
-                "{}:{}",
-                extra.display(),
-                std::env::var("PATH").unwrap_or_default()
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{config}",
+                data.display()
             ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_airlock"));
+        cmd.args(["serve", "-c", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true);
+        if let Some(extra) = path_extra {
+            cmd.env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    extra.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            );
+        }
+        let mut child = cmd.spawn().unwrap();
+        let serving = format!("addr=127.0.0.1:{port}");
+        for _ in 0..300 {
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&serving)
+            {
+                return (child, port, dir);
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            text.contains("cannot listen"),
+            "airlock did not start:\n{text}"
         );
     }
-    let child = cmd.spawn().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        support::wait_http_ready(port, Duration::from_secs(15))
-    })
-    .await
-    .unwrap();
-    assert!(ready, "airlock answers on {port}");
-    (child, port, dir)
+    panic!("no free port for airlock in 5 tries");
 }
 
-async fn stop(mut child: Child) -> String {
+/// SIGTERM, wait for the exit, and return the log.
+async fn stop(mut child: Child, dir: &tempfile::TempDir) -> String {
     let _ = crate::support::tools::KILL
         .command()
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .await
-        .unwrap();
-    log
+    std::fs::read_to_string(dir.path().join("airlock.log")).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,7 +120,7 @@ async fn a_credential_helper_on_path_supplies_and_refreshes_basic_credentials() 
     };
 
     // No helper: the upstream refuses airlock, and the client is told so.
-    let (child, port, _d) = start(&upstream(""), None).await;
+    let (child, port, dir) = start(&upstream(""), None).await;
     let resp = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/v2/team/app/manifests/v1"))
         .header("Accept", ACCEPT_ALL)
@@ -118,17 +129,17 @@ async fn a_credential_helper_on_path_supplies_and_refreshes_basic_credentials() 
         .unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(error_code(&resp.bytes().await.unwrap()), "UNAUTHORIZED");
-    stop(child).await;
+    stop(child, &dir).await;
 
     // The helper named in the config.
     let helper = helper_dir();
-    let (child, port, _d) = start(
+    let (child, port, dir) = start(
         &upstream("credential_helper = \"airlocktest\""),
         Some(helper.path()),
     )
     .await;
     skopeo::pull(&format!("127.0.0.1:{port}"), "team/app:v1", &img).await;
-    let log = stop(child).await;
+    let log = stop(child, &dir).await;
     let seen = calls(helper.path());
     assert_eq!(seen.len(), 2, "run once, refused, run again: {seen:?}");
     assert!(
@@ -161,13 +172,13 @@ async fn dockers_config_json_names_the_helper() {
         docker_config.display(),
         registry.url()
     );
-    let (child, port, _d) = start(&config, Some(helper.path())).await;
+    let (child, port, dir) = start(&config, Some(helper.path())).await;
     skopeo::pull(
         &format!("127.0.0.1:{port}"),
         "ecr.example.internal/team/app:v1",
         &img,
     )
     .await;
-    stop(child).await;
+    stop(child, &dir).await;
     assert_eq!(calls(helper.path()), [host.clone(), host]);
 }

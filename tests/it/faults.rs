@@ -382,3 +382,36 @@ async fn clients_that_give_up_never_mark_the_upstream_down() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_captive_portal_page_never_replaces_a_tag_answer() {
+    let up = FaultyUpstream::start();
+    let img = Image::oci("fault-portal", &[2_000]);
+    up.add_artifact("fault/portal", "v1", &img);
+    let mut cfg = config(vec![upstream("docker.io", &up.url())]);
+    cfg.upstream[0].tag_ttl = Duration::ZERO; // every request revalidates
+    cfg.upstream[0].failure_threshold = 100;
+    let airlock = Airlock::start(cfg).await;
+    airlock.pull("fault/portal:v1", &img).await;
+    up.set_mode("*", Mode::CaptivePortal);
+    let resp = client()
+        .get(format!("{}/v2/fault/portal/manifests/v1", airlock.url()))
+        .header("Accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the last known answer");
+    assert_eq!(resp.headers()["docker-content-digest"], img.digest.as_str());
+    assert_eq!(body(resp).await.unwrap(), img.manifest);
+    // Uncached content gets a clear error, and nothing of the page is stored.
+    let resp = client()
+        .get(format!("{}/v2/fault/portal/manifests/v2", airlock.url()))
+        .header("Accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(error_code(&body(resp).await.unwrap()), "UNAVAILABLE");
+    up.clear_modes();
+    airlock.pull("fault/portal:v1", &img).await;
+}

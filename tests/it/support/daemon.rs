@@ -72,19 +72,41 @@ impl Daemon {
         args: &[&str],
         env: Vec<(String, String)>,
     ) -> Daemon {
-        let text = std::fs::read_to_string(&config).expect("config");
-        let port: u16 = text
-            .split("listen = \"127.0.0.1:")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .and_then(|p| p.parse().ok())
-            .expect("port");
         let log = dir.path().join("airlock.log");
         let mut argv: Vec<String> = vec!["serve".into(), "-c".into(), config.display().to_string()];
         argv.extend(args.iter().map(|s| s.to_string()));
         let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let child = GuardedChild::spawn(BIN, &argv, &dir.path().join("stdout"), &log, &[], &vars)
-            .expect("spawn airlock serve");
+        // The port was free when chosen; another process may take it before airlock binds it.
+        // Then airlock exits saying so, and whatever holds the port would answer in its place:
+        // wait for airlock's own "serving" line, and choose another port if it lost the race.
+        let (mut child, mut port) = (None, 0);
+        for _ in 0..5 {
+            let text = std::fs::read_to_string(&config).expect("config");
+            port = listen_port(&text);
+            let c = GuardedChild::spawn(BIN, &argv, &dir.path().join("stdout"), &log, &[], &vars)
+                .expect("spawn airlock serve");
+            let serving = format!("addr=127.0.0.1:{port}");
+            for _ in 0..400 {
+                let l = std::fs::read_to_string(&log).unwrap_or_default();
+                if l.contains(&serving) || !c.is_running() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let lost = !c.is_running()
+                && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("cannot listen"));
+            if !lost {
+                child = Some(c);
+                break;
+            }
+            let fresh = super::free_port();
+            let text = text.replace(
+                &format!("listen = \"127.0.0.1:{port}\""),
+                &format!("listen = \"127.0.0.1:{fresh}\""),
+            );
+            std::fs::write(&config, text).expect("rewrite config");
+        }
+        let child = child.expect("airlock serve found a free port within 5 tries");
         let ready = tokio::task::spawn_blocking(move || {
             super::wait_http_ready(port, Duration::from_secs(20))
         })
@@ -166,6 +188,15 @@ impl Daemon {
             child.stop();
         }
     }
+}
+
+/// The registry API port of a config written by [`Daemon`].
+fn listen_port(text: &str) -> u16 {
+    text.split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port")
 }
 
 /// Run `airlock ARGS -c CONFIG` without a server (the command starts an embedded engine).

@@ -48,6 +48,8 @@ pub enum Mode {
     },
     /// Hold the request until the gate opens, then serve normally.
     Gate(Gate),
+    /// 200 with an HTML page, as a captive portal or a proxy's login page answers.
+    CaptivePortal,
 }
 
 /// A gate that holds requests until [`Gate::open`].
@@ -332,6 +334,14 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body>
             return error(500, "STALLED", "stalled");
         }
         Mode::Status(code) => return error(*code, "SCRIPTED", "scripted failure"),
+        Mode::CaptivePortal => {
+            return Response::builder()
+                .header("Content-Type", "text/html; charset=utf-8")
+                .body(full(
+                    "<html><body>Please log in to the guest network</body></html>",
+                ))
+                .expect("portal page");
+        }
         Mode::Gate(g) => g.pass().await,
         _ => {}
     }
