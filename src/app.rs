@@ -85,6 +85,7 @@ async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     let upstreams = upstreams(config, &metrics)?;
     let settings = Settings {
         memory_bytes: config.cache.memory.0,
+        negative_ttl: config.cache.negative_ttl,
         fill_timeout: config.storage.fill_timeout,
         fetch: security::fetch_policy(config)?,
     };

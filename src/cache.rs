@@ -90,6 +90,8 @@ pub struct Settings {
     pub memory_bytes: u64,
     /// Upper bound on one blob download.
     pub fill_timeout: Duration,
+    /// How long "not known upstream" is remembered.
+    pub negative_ttl: Duration,
     /// What may be fetched from upstream at all.
     pub fetch: crate::fetch_policy::FetchPolicy,
 }
@@ -110,6 +112,7 @@ struct Inner {
     maintenance: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
     flights: flights::Flights<manifests::FlightKey, ManifestAnswer>,
+    tag_lists: flights::Flights<Repository, Option<Arc<Vec<String>>>>,
     settings: Settings,
 }
 
@@ -125,11 +128,12 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 metrics,
-                hot: hot::Hot::new(settings.memory_bytes),
+                hot: hot::Hot::new(settings.memory_bytes, settings.negative_ttl),
                 fills: fill::Fills::default(),
                 in_use: inuse::InUse::default(),
                 maintenance: Arc::default(),
                 flights: flights::Flights::default(),
+                tag_lists: flights::Flights::default(),
                 store,
                 index,
                 upstreams,
@@ -187,6 +191,18 @@ impl Cache {
             .tags
             .invalidate(&(repo.clone(), tag.clone()))
             .await;
+    }
+
+    /// Whether the upstream said, within the negative TTL, that it does not have `u`.
+    fn known_unknown(&self, u: &hot::Unknown) -> bool {
+        !self.inner.settings.negative_ttl.is_zero() && self.inner.hot.unknown.contains_key(u)
+    }
+
+    /// Remember for the negative TTL that the upstream does not have `u`.
+    async fn remember_unknown(&self, u: hot::Unknown) {
+        if !self.inner.settings.negative_ttl.is_zero() {
+            self.inner.hot.unknown.insert(u, ()).await;
+        }
     }
 
     /// Count a refusal of the fetch policy.

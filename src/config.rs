@@ -206,12 +206,17 @@ pub fn default_data_dir() -> PathBuf {
 pub struct CacheConfig {
     /// Memory for hot manifests and tag answers.
     pub memory: ByteSize,
+    /// How long "not known upstream" (a tag, a digest, a repository) is remembered, so
+    /// repeated misses cost the upstream one request.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             memory: ByteSize(64 << 20),
+            negative_ttl: Duration::from_secs(30),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! missing → one fill per digest that every requester joins.
 
 use super::fill::{FillContext, FillState, Joined};
+use super::hot::Unknown;
 use super::{BlobAnswer, BlobSource, Cache, Outcome};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Repository};
@@ -14,6 +15,10 @@ impl Cache {
         let inner = &self.inner;
         if let Some(answer) = self.stored_blob(repo, digest).await? {
             return Ok(answer);
+        }
+        let unknown = Unknown::Digest(repo.clone(), digest.clone());
+        if self.known_unknown(&unknown) {
+            return Err(Cache::blob_unknown(repo, digest));
         }
         self.may_fetch_blob(repo, digest).await?;
         let mut retried = false;
@@ -55,7 +60,12 @@ impl Cache {
                 {
                     retried = true
                 }
-                FillState::Failed(e) => return Err(e),
+                FillState::Failed(e) => {
+                    if matches!(e, Error::BlobUnknown(_)) {
+                        self.remember_unknown(unknown).await;
+                    }
+                    return Err(e);
+                }
                 _ => {
                     let outcome = if started {
                         Outcome::Miss
@@ -146,8 +156,15 @@ impl Cache {
                 other => other,
             })?
             .upstream;
+        let unknown = Unknown::Digest(repo.clone(), digest.clone());
+        if self.known_unknown(&unknown) {
+            return Err(Cache::blob_unknown(repo, digest));
+        }
         match upstream.blob_exists(&repo.name, digest).await? {
-            None => Err(Cache::blob_unknown(repo, digest)),
+            None => {
+                self.remember_unknown(unknown).await;
+                Err(Cache::blob_unknown(repo, digest))
+            }
             Some(size) => {
                 inner.index.link(repo, digest)?;
                 if let Some(size) = size

@@ -1,5 +1,6 @@
 //! The hot in-memory layer (moka): manifests by digest, bounded in bytes, and tag answers and
-//! tag lists, bounded in entries. It only ever holds copies of what the store and index hold.
+//! tag lists, bounded in entries. It only ever holds copies of what the store and index hold,
+//! and, for a short while, what the upstream said it does not have.
 
 use super::Manifest;
 use crate::oci::{Digest, Repository, Tag};
@@ -9,6 +10,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const MAX_TAG_ANSWERS: u64 = 100_000;
+/// Names, tags and digests remembered as unknown upstream.
+const MAX_NEGATIVE: u64 = 100_000;
+
+/// What the upstream said it does not have: a tag, a manifest or blob digest, or a whole
+/// repository (its tag list).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Unknown {
+    /// `repo:tag`.
+    Tag(Repository, Tag),
+    /// A manifest or blob of `repo`.
+    Digest(Repository, Digest),
+    /// `repo`'s tag list.
+    Tags(Repository),
+}
 /// Memory for tag lists (a popular repository has tens of thousands of tags).
 const TAG_LIST_BYTES: u64 = 32 << 20;
 
@@ -20,11 +35,14 @@ pub struct Hot {
     pub tags: Cache<(Repository, Tag), TagRecord>,
     /// Tag lists with the time they were fetched.
     pub tag_lists: Cache<Repository, (Instant, Arc<Vec<String>>)>,
+    /// What the upstream recently said it does not have.
+    pub unknown: Cache<Unknown, ()>,
 }
 
 impl Hot {
-    /// Hot caches holding at most `memory_bytes` of manifests.
-    pub fn new(memory_bytes: u64) -> Hot {
+    /// Hot caches holding at most `memory_bytes` of manifests, remembering unknown names for
+    /// `negative_ttl`.
+    pub fn new(memory_bytes: u64, negative_ttl: std::time::Duration) -> Hot {
         Hot {
             manifests: Cache::builder()
                 .max_capacity(memory_bytes)
@@ -39,6 +57,10 @@ impl Hot {
                     let bytes: usize = tags.iter().map(|t| t.len() + 24).sum();
                     u32::try_from(bytes + 64).unwrap_or(u32::MAX)
                 })
+                .build(),
+            unknown: Cache::builder()
+                .max_capacity(MAX_NEGATIVE)
+                .time_to_live(negative_ttl.max(std::time::Duration::from_millis(1)))
                 .build(),
         }
     }

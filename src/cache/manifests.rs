@@ -3,6 +3,7 @@
 //! HEAD and download only a changed digest; upstream down, 5xx or 429 → the last known answer
 //! (stale-if-error). Concurrent resolutions of one tag share one upstream exchange.
 
+use super::hot::Unknown;
 use super::{Cache, Manifest, ManifestAnswer, Outcome};
 use crate::error::{Error, Result};
 use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_BYTES};
@@ -129,14 +130,23 @@ impl Cache {
                     }
                     _ => None,
                 };
+                let unknown = Unknown::Tag(repo.clone(), tag.clone());
+                if known.is_none() && self.known_unknown(&unknown) {
+                    return Err(Error::ManifestUnknown(format!(
+                        "{repo}:{tag} is not known upstream"
+                    )));
+                }
                 match self
                     .revalidate(repo, tag, &upstream_accept, known.as_ref(), shared)
                     .await
                 {
                     Ok(Some((m, outcome))) => answer(m, outcome),
-                    Ok(None) => Err(Error::ManifestUnknown(format!(
-                        "{repo}:{tag} is not known upstream"
-                    ))),
+                    Ok(None) => {
+                        self.remember_unknown(unknown).await;
+                        Err(Error::ManifestUnknown(format!(
+                            "{repo}:{tag} is not known upstream"
+                        )))
+                    }
                     Err(e) if e.allows_stale() && known.is_some() => {
                         let (rec, m) = known.expect("checked");
                         tracing::warn!(%repo, %tag, digest = %rec.digest, error = %e, "upstream cannot answer, serving the last known tag answer");
@@ -238,10 +248,17 @@ impl Cache {
             });
         }
         self.fetch_allowed(self.policy().repository(repo))?;
-        let fetched = upstream
+        let negative = Unknown::Digest(repo.clone(), digest.clone());
+        if self.known_unknown(&negative) {
+            return Err(unknown());
+        }
+        let Some(fetched) = upstream
             .manifest(&repo.name, &reference, &accept, false)
             .await?
-            .ok_or_else(unknown)?;
+        else {
+            self.remember_unknown(negative).await;
+            return Err(unknown());
+        };
         let m = self.store_manifest(repo, fetched, Some(digest)).await?;
         self.inner.index.set_digest_pull(repo, digest, now_ms())?;
         Ok(ManifestAnswer {

@@ -1,6 +1,9 @@
-//! Tag lists: asked upstream (all pages) at most once per tag TTL; when the upstream cannot
-//! answer, the tags this cache knows are listed instead.
+//! Tag lists: asked upstream (all pages) at most once per tag TTL, one request for all the
+//! clients asking at once; when the upstream cannot answer, the tags this cache knows are
+//! listed instead. A repository the upstream does not know is remembered as unknown for the
+//! negative TTL.
 
+use super::hot::Unknown;
 use super::{Cache, Outcome};
 use crate::error::{Error, Result};
 use crate::oci::Repository;
@@ -29,11 +32,23 @@ impl Cache {
                     .map(|()| (Arc::default(), Outcome::Hit)),
             };
         }
-        match entry.upstream.tags(&repo.name).await {
-            Ok(Some(mut list)) => {
+        let unknown = Unknown::Tags(repo.clone());
+        if self.known_unknown(&unknown) {
+            return Err(Error::NameUnknown(format!(
+                "repository {repo} is not known upstream"
+            )));
+        }
+        let (up, name) = (entry.upstream.clone(), repo.name.clone());
+        let fetch = async move {
+            Ok(up.tags(&name).await?.map(|mut list| {
                 list.sort();
                 list.dedup();
-                let list = Arc::new(list);
+                Arc::new(list)
+            }))
+        };
+        let (fetched, _) = inner.tag_lists.run(repo.clone(), fetch).await;
+        match fetched {
+            Ok(Some(list)) => {
                 inner
                     .hot
                     .tag_lists
@@ -41,9 +56,12 @@ impl Cache {
                     .await;
                 Ok((list, Outcome::Miss))
             }
-            Ok(None) => Err(Error::NameUnknown(format!(
-                "repository {repo} is not known upstream"
-            ))),
+            Ok(None) => {
+                self.remember_unknown(unknown).await;
+                Err(Error::NameUnknown(format!(
+                    "repository {repo} is not known upstream"
+                )))
+            }
             Err(e) if e.allows_stale() => {
                 tracing::warn!(%repo, error = %e, "upstream cannot answer, listing the tags known here");
                 self.known_tags(repo).ok_or(e).map(|t| (t, Outcome::Stale))

@@ -390,3 +390,76 @@ async fn a_narrow_accept_never_changes_the_tag_for_other_clients() {
         .unwrap();
     assert_eq!(digest_of(resp), list.digest);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_misses_and_concurrent_tag_lists_cost_the_upstream_one_request_each() {
+    let reg = upstream_registry().await;
+    let img = Image::oci("negative", &[1_000]);
+    push::push(&reg.url(), "neg/app", &["v1", "v2"], &img).await;
+    let airlock = Airlock::for_upstream(&reg.url()).await;
+    reg.wait_for_log_quiet().await;
+    let since = reg.requests().len();
+    let unknown_digest = format!("sha256:{}", "ab".repeat(32));
+    let unknown_manifest = format!("sha256:{}", "cd".repeat(32));
+    for _ in 0..5 {
+        for path in [
+            "/v2/neg/app/manifests/nope".to_string(),
+            format!("/v2/neg/app/blobs/{unknown_digest}"),
+            format!("/v2/neg/app/manifests/{unknown_manifest}"),
+            "/v2/neg/none/tags/list".to_string(),
+        ] {
+            let resp = support::airlock::client()
+                .get(format!("{}{path}", airlock.url()))
+                .header("Accept", ACCEPT_ALL)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 404, "{path}");
+        }
+    }
+    // Twenty clients listing the same repository's tags at once.
+    let lists = (0..20).map(|_| {
+        let url = format!("{}/v2/neg/app/tags/list", airlock.url());
+        tokio::spawn(async move {
+            support::airlock::client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    for l in lists {
+        assert_eq!(l.await.unwrap(), 200);
+    }
+    let count = |needle: String| {
+        let needle = needle.clone();
+        async move { requests_since(reg, since, &needle).await.len() }
+    };
+    assert_eq!(
+        count("/v2/neg/app/manifests/nope".into()).await,
+        1,
+        "an unknown tag"
+    );
+    assert_eq!(
+        count(format!("/v2/neg/app/blobs/{unknown_digest}")).await,
+        1,
+        "an unknown blob"
+    );
+    assert_eq!(
+        count(format!("/v2/neg/app/manifests/{unknown_manifest}")).await,
+        1,
+        "an unknown digest"
+    );
+    assert_eq!(
+        count("/v2/neg/none/tags/list".into()).await,
+        1,
+        "an unknown repository"
+    );
+    assert_eq!(
+        count("/v2/neg/app/tags/list".into()).await,
+        1,
+        "twenty concurrent tag lists"
+    );
+}
