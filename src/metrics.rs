@@ -75,6 +75,24 @@ pub struct Metrics {
     pub auth_denials: IntCounterVec,
 }
 
+/// One unit of an in-flight gauge, given back when dropped: on completion, on cancellation
+/// (a client that went away) and on a panic alike, so the gauge never leaks.
+pub struct InFlight(IntGauge);
+
+impl InFlight {
+    /// Count one more on `gauge` until the guard is dropped.
+    pub fn new(gauge: &IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
 }

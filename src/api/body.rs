@@ -56,6 +56,8 @@ pub struct LogLine {
     pub outcome: Option<crate::cache::Outcome>,
     /// Where the request is counted.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Its place in `requests_in_flight`, given back when the line is logged.
+    pub _in_flight: crate::metrics::InFlight,
 }
 
 impl LogLine {
@@ -75,7 +77,6 @@ impl LogLine {
         m.request_seconds
             .with_label_values(&[self.kind])
             .observe(self.start.elapsed().as_secs_f64());
-        m.requests_in_flight.dec();
         if let Some(outcome) = self.outcome {
             m.cache_results
                 .with_label_values(&[self.kind, &self.registry, outcome.as_str()])

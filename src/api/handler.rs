@@ -70,7 +70,8 @@ impl State {
             .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
         let method = req.method().clone();
         let metrics = self.cache.metrics().clone();
-        metrics.requests_in_flight.inc();
+        // Given back however this request ends, also if the client goes away mid-answer.
+        let in_flight = crate::metrics::InFlight::new(&metrics.requests_in_flight);
         let mut meta = Meta {
             kind: "other",
             ..Meta::default()
@@ -106,6 +107,7 @@ impl State {
             client: peer.ip().to_canonical(),
             outcome,
             metrics: metrics.clone(),
+            _in_flight: in_flight,
             length: match head {
                 true => Some(0),
                 false => resp

@@ -141,12 +141,11 @@ impl Fills {
             digest: digest.clone(),
             tx,
         };
-        let in_flight = task.ctx.metrics.fills_in_flight.clone();
-        in_flight.inc();
+        let in_flight = crate::metrics::InFlight::new(&task.ctx.metrics.fills_in_flight);
         tokio::spawn(async move {
             task.run(writer).await;
             drop(unregister);
-            in_flight.dec();
+            drop(in_flight);
         });
         Ok(Joined::Fill {
             fill,

@@ -371,6 +371,17 @@ async fn clients_that_give_up_never_mark_the_upstream_down() {
     }
     assert!(up.count("HEAD", "*") >= 6, "each reached the upstream");
     let metrics = airlock.cache().metrics();
+    // Their requests are no longer counted as in flight (bounded wait: the server notices the
+    // client gone on its own schedule).
+    let mut settled = false;
+    for _ in 0..200 {
+        if metrics.requests_in_flight.get() == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(settled, "in flight: {}", metrics.requests_in_flight.get());
     assert_eq!(
         metrics.upstream_up.with_label_values(&["docker.io"]).get(),
         1
