@@ -7,7 +7,9 @@ use super::hot::Unknown;
 use super::{Cache, Manifest, ManifestAnswer, Outcome};
 use crate::error::{Error, Result};
 use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_BYTES};
-use crate::oci::manifest::{accepts_every_type, upstream_accept};
+use crate::oci::manifest::{
+    accepts_every_type, is_manifest_type, looks_like_manifest, upstream_accept,
+};
 use crate::oci::{Digest, Reference, Repository, Tag, accepts, children};
 use crate::store::{BlobInfo, CommitError, TagRecord, now_ms};
 use crate::upstream::FetchedManifest;
@@ -450,27 +452,6 @@ impl Cache {
     }
 }
 
-/// Whether `bytes` are a JSON object with a manifest's `schemaVersion` or `mediaType`.
-fn looks_like_manifest(bytes: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "schemaVersion")]
-        schema_version: Option<serde_json::Value>,
-        #[serde(rename = "mediaType")]
-        media_type: Option<serde_json::Value>,
-    }
-    serde_json::from_slice::<Probe>(bytes)
-        .is_ok_and(|p| p.schema_version.is_some() || p.media_type.is_some())
-}
-
 fn cut(s: &str) -> String {
     s.chars().take(80).collect()
-}
-
-/// Whether a stored media type is a manifest's (not a config or layer also named by digest).
-/// Old registries answer schema 1 as plain `application/json`.
-fn is_manifest_type(media_type: &str) -> bool {
-    media_type.contains("manifest")
-        || media_type.contains("index")
-        || media_type == "application/json"
 }

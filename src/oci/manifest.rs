@@ -113,6 +113,21 @@ pub fn children(manifest: &[u8]) -> Option<Vec<Descriptor>> {
     Some(out)
 }
 
+/// Whether a stored media type is a manifest's (not a config or layer also named by digest).
+/// Old registries answer schema 1 as plain `application/json`.
+pub fn is_manifest_type(media_type: &str) -> bool {
+    media_type.contains("manifest")
+        || media_type.contains("index")
+        || media_type == "application/json"
+}
+
+/// Whether `bytes` are a JSON object with a manifest's `schemaVersion` or `mediaType` (and not,
+/// say, a captive portal's page).
+pub fn looks_like_manifest(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
+        .is_ok_and(|m| m.contains_key("schemaVersion") || m.contains_key("mediaType"))
+}
+
 /// Whether a client whose `Accept` header values are `accept` takes `media_type`. No `Accept`
 /// at all, `*/*` or `application/*` accept anything; parameters (`;q=`) are ignored.
 pub fn accepts(accept: &[&str], media_type: &str) -> bool {
@@ -217,5 +232,22 @@ mod tests {
         );
         assert!(accepts_every_type(&[]));
         assert!(!accepts_every_type(&[DOCKER_MANIFEST, OCI_MANIFEST]));
+    }
+
+    #[test]
+    fn manifests_and_portal_pages() {
+        assert!(looks_like_manifest(br#"{"schemaVersion":2,"layers":[]}"#));
+        assert!(looks_like_manifest(
+            br#"{"mediaType":"application/vnd.oci.artifact.manifest.v1+json"}"#
+        ));
+        for page in [&b"<html>log in</html>"[..], b"{}", b"[1,2]", b"", b"null"] {
+            assert!(
+                !looks_like_manifest(page),
+                "{}",
+                String::from_utf8_lossy(page)
+            );
+        }
+        assert!(is_manifest_type(OCI_INDEX) && is_manifest_type("application/json"));
+        assert!(!is_manifest_type("text/html; charset=utf-8"));
     }
 }

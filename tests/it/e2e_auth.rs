@@ -16,6 +16,16 @@ use support::registry::{Registry, htpasswd_entry};
 use support::runtimes::{Containerd, Dockerd, Podman};
 use support::skopeo;
 
+/// Requests an access rule refused so far (403 DENIED).
+fn denied(airlock: &Airlock) -> u64 {
+    airlock
+        .cache()
+        .metrics()
+        .auth_denials
+        .with_label_values(&["rule"])
+        .get()
+}
+
 /// Requests airlock refused for want of credentials so far (the refusal reached airlock; it was
 /// not a fallback failing elsewhere).
 fn challenged(airlock: &Airlock) -> u64 {
@@ -219,6 +229,7 @@ async fn podman_pulls_with_an_auth_json_entry_for_the_mirror() {
             .expect("podman pull"),
         site.app.digest
     );
+    let before = denied(&airlock);
     assert!(
         podman
             .pull("docker.io/org/secret:v1", &alice)
@@ -226,12 +237,15 @@ async fn podman_pulls_with_an_auth_json_entry_for_the_mirror() {
             .is_err(),
         "alice may not read org/secret"
     );
+    assert!(denied(&airlock) > before, "refused by a rule (403)");
     let bob = podman.auth_file(&airlock.host, "bob", "bob-pw");
     let bob = ["--authfile", bob.to_str().unwrap()];
+    let before = denied(&airlock);
     assert!(
         podman.pull("docker.io/org/app:v1", &bob).await.is_err(),
         "bob may not read org/app"
     );
+    assert!(denied(&airlock) > before, "refused by a rule (403)");
     assert_eq!(
         podman
             .pull("docker.io/library/alpine:3.19", &bob)
@@ -270,6 +284,7 @@ async fn containerd_pulls_with_ctr_user() {
         .await
         .expect("ctr pull --user");
     assert_eq!(got, site.app.digest);
+    let before = denied(&airlock);
     assert!(
         ctd.pull(
             "docker.io/org/secret:v1",
@@ -280,6 +295,7 @@ async fn containerd_pulls_with_ctr_user() {
         .is_err(),
         "alice may not read org/secret"
     );
+    assert!(denied(&airlock) > before, "refused by a rule (403)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
