@@ -86,6 +86,8 @@ async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     let settings = Settings {
         memory_bytes: config.cache.memory.0,
         negative_ttl: config.cache.negative_ttl,
+        max_downloads: config.storage.max_downloads,
+        min_free: config.storage.min_free.0,
         fill_timeout: config.storage.fill_timeout,
         fetch: security::fetch_policy(config)?,
     };

@@ -92,6 +92,10 @@ pub struct Settings {
     pub fill_timeout: Duration,
     /// How long "not known upstream" is remembered.
     pub negative_ttl: Duration,
+    /// Upstream blob downloads at once.
+    pub max_downloads: usize,
+    /// Free space kept on the store's filesystem.
+    pub min_free: u64,
     /// What may be fetched from upstream at all.
     pub fetch: crate::fetch_policy::FetchPolicy,
 }
@@ -129,7 +133,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 metrics,
                 hot: hot::Hot::new(settings.memory_bytes, settings.negative_ttl),
-                fills: fill::Fills::default(),
+                fills: fill::Fills::new(settings.max_downloads),
                 in_use: inuse::InUse::default(),
                 maintenance: Arc::default(),
                 flights: flights::Flights::default(),

@@ -169,6 +169,11 @@ pub struct StorageConfig {
     /// How often usage is checked against the cap.
     #[serde(with = "humantime_serde")]
     pub eviction_interval: Duration,
+    /// Upstream blob downloads at once; more wait their turn.
+    pub max_downloads: usize,
+    /// Free space kept on the data directory's filesystem: below it new downloads are refused
+    /// (cached content is still served).
+    pub min_free: ByteSize,
 }
 
 impl Default for StorageConfig {
@@ -180,6 +185,8 @@ impl Default for StorageConfig {
             high_watermark: 0.95,
             low_watermark: 0.85,
             eviction_interval: Duration::from_secs(30),
+            max_downloads: 32,
+            min_free: ByteSize(256 << 20),
         }
     }
 }

@@ -89,6 +89,9 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// The disk is under its free-space reserve: no new downloads (cached content is served).
+    #[error("{0}")]
+    StorageFull(String),
     /// A local failure: disk full, permissions, a corrupt index.
     #[error("internal error: {0}")]
     Internal(Arc<str>),
@@ -110,7 +113,7 @@ impl Error {
             Error::Unauthorized { .. } | Error::AuthRequired(_) => "UNAUTHORIZED",
             Error::Denied(_) => "DENIED",
             Error::TooManyRequests(_) | Error::Throttled(_) => "TOOMANYREQUESTS",
-            Error::UpstreamUnavailable { .. } => "UNAVAILABLE",
+            Error::UpstreamUnavailable { .. } | Error::StorageFull(_) => "UNAVAILABLE",
             Error::UpstreamInvalid { .. } | Error::Internal(_) => "UNKNOWN",
         }
     }
@@ -131,7 +134,9 @@ impl Error {
             Error::Unauthorized { .. } | Error::AuthRequired(_) => StatusCode::UNAUTHORIZED,
             Error::Denied(_) => StatusCode::FORBIDDEN,
             Error::TooManyRequests(_) | Error::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UpstreamUnavailable { .. } | Error::StorageFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

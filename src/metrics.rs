@@ -49,6 +49,8 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     /// Blob downloads running.
     pub fills_in_flight: IntGauge,
+    /// Blob downloads waiting for their turn (`storage.max_downloads`).
+    pub fills_queued: IntGauge,
     /// Bytes written to the cache by fills, by registry.
     pub fill_bytes: IntCounterVec,
     /// Bytes of stored blobs.
@@ -158,6 +160,11 @@ impl Metrics {
             .expect("valid"),
             fills_in_flight: IntGauge::new("airlock_fills_in_flight", "Blob downloads running.")
                 .expect("valid"),
+            fills_queued: IntGauge::new(
+                "airlock_fills_queued",
+                "Blob downloads waiting for their turn (storage.max_downloads).",
+            )
+            .expect("valid"),
             fill_bytes: counter(
                 "airlock_fill_bytes_total",
                 "Bytes downloaded into the cache, by registry.",
@@ -240,6 +247,7 @@ impl Metrics {
             Box::new(self.upstream_seconds.clone()),
             Box::new(self.upstream_up.clone()),
             Box::new(self.fills_in_flight.clone()),
+            Box::new(self.fills_queued.clone()),
             Box::new(self.fill_bytes.clone()),
             Box::new(self.cache_size.clone()),
             Box::new(self.cache_blobs.clone()),

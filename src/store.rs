@@ -45,6 +45,11 @@ pub trait BlobStore: Send + Sync {
     /// Every stored blob with its size.
     fn list(&self) -> io::Result<Vec<(Digest, u64)>>;
 
+    /// Bytes free for new content where the store writes (`None` when it cannot tell).
+    fn available(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// Move a stored blob aside (it failed verification): it is no longer served, and kept
     /// for inspection. Returns where it went, `None` when it was not there.
     fn quarantine(&self, digest: &Digest) -> io::Result<Option<PathBuf>>;

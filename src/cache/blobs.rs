@@ -29,6 +29,7 @@ impl Cache {
                 index: inner.index.clone(),
                 timeout: inner.settings.fill_timeout,
                 max_size: self.policy().max_blob_size(),
+                min_free: inner.settings.min_free,
                 metrics: inner.metrics.clone(),
             };
             let (fill, started) = match inner.fills.join_or_start(ctx, upstream, repo, digest)? {

@@ -54,10 +54,12 @@ impl Fill {
     }
 }
 
-/// Fills in progress by digest.
-#[derive(Default, Clone)]
+/// Fills in progress by digest, and the turns they take: at most `max_downloads` download at
+/// once, the others wait (counted in `airlock_fills_queued`).
+#[derive(Clone)]
 pub struct Fills {
     running: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// What a fill needs besides the upstream.
@@ -68,6 +70,8 @@ pub struct FillContext {
     pub index: Arc<dyn Index>,
     /// Upper bound on the download.
     pub timeout: Duration,
+    /// Free space to keep: below it no new download starts.
+    pub min_free: u64,
     /// The largest blob the fetch policy allows.
     pub max_size: Option<u64>,
     /// Where downloads are counted.
@@ -88,6 +92,14 @@ pub enum Joined {
 }
 
 impl Fills {
+    /// No fills yet; at most `max_downloads` (at least one) run at once.
+    pub fn new(max_downloads: usize) -> Fills {
+        Fills {
+            running: Arc::default(),
+            turns: Arc::new(tokio::sync::Semaphore::new(max_downloads.max(1))),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Digest, Arc<Fill>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -106,6 +118,15 @@ impl Fills {
                 fill: fill.clone(),
                 started: false,
             });
+        }
+        // A nearly full disk takes no new downloads; what is cached is still served.
+        if let Some(free) = ctx.store.available()?
+            && free < ctx.min_free
+        {
+            return Err(Error::StorageFull(format!(
+                "airlock's disk has {free} bytes free, under the storage.min_free reserve of {}: new downloads are refused until eviction or an operator frees space (cached content is still served)",
+                ctx.min_free
+            )));
         }
         // The spool is made outside the lock; if another request wins the race it is dropped.
         let writer = ctx.store.create(digest)?;
@@ -141,8 +162,12 @@ impl Fills {
             digest: digest.clone(),
             tx,
         };
-        let in_flight = crate::metrics::InFlight::new(&task.ctx.metrics.fills_in_flight);
+        let queued = crate::metrics::InFlight::new(&task.ctx.metrics.fills_queued);
+        let turns = self.turns.clone();
         tokio::spawn(async move {
+            let _turn = turns.acquire_owned().await;
+            drop(queued);
+            let in_flight = crate::metrics::InFlight::new(&task.ctx.metrics.fills_in_flight);
             task.run(writer).await;
             drop(unregister);
             drop(in_flight);

@@ -74,6 +74,11 @@ impl BlobStore for FsStore {
         }
     }
 
+    fn available(&self) -> io::Result<Option<u64>> {
+        let st = rustix::fs::statvfs(&self.tmp)?;
+        Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
+    }
+
     fn list(&self) -> io::Result<Vec<(Digest, u64)>> {
         let mut out = Vec::new();
         for shard in fs::read_dir(&self.blobs)? {

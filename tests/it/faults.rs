@@ -428,3 +428,79 @@ async fn a_captive_portal_page_never_replaces_a_tag_answer() {
     up.clear_modes();
     airlock.pull("fault/portal:v1", &img).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn downloads_wait_their_turn_and_are_counted_while_they_wait() {
+    let up = FaultyUpstream::start();
+    let (a, b) = (random(7, 300_000), random(9, 300_000));
+    let (da, db) = (up.add_blob(a.clone()), up.add_blob(b.clone()));
+    let gate = Gate::new();
+    up.set_mode("*", Mode::Gate(gate.clone()));
+    let mut cfg = config(vec![upstream("docker.io", &up.url())]);
+    cfg.storage.max_downloads = 1;
+    let airlock = Airlock::start(cfg).await;
+    let m = airlock.cache().metrics().clone();
+    let get = |d: String| {
+        let url = format!("{}/v2/fault/turns/blobs/{d}", airlock.url());
+        tokio::spawn(async move { body(client().get(url).send().await.unwrap()).await })
+    };
+    let (ga, gb) = (get(da.clone()), get(db.clone()));
+    let mut waiting = false;
+    for _ in 0..400 {
+        if m.fills_in_flight.get() == 1 && m.fills_queued.get() == 1 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        waiting,
+        "one downloads, one waits: {} running, {} queued",
+        m.fills_in_flight.get(),
+        m.fills_queued.get()
+    );
+    assert_eq!(
+        up.count("GET", "*"),
+        1,
+        "only one download reached the upstream"
+    );
+    gate.open();
+    assert_eq!(ga.await.unwrap().expect("first body"), a);
+    assert_eq!(gb.await.unwrap().expect("second body"), b);
+    for _ in 0..200 {
+        if m.fills_in_flight.get() == 0 && m.fills_queued.get() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!((m.fills_in_flight.get(), m.fills_queued.get()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_free_space_reserve_new_downloads_are_refused_and_the_cache_still_serves() {
+    let up = FaultyUpstream::start();
+    let img = Image::oci("fault-reserve", &[4_000]);
+    up.add_artifact("fault/reserve", "v1", &img);
+    let other = up.add_blob(random(3, 5_000));
+    let mut cfg = config(vec![upstream("docker.io", &up.url())]);
+    cfg.storage.min_free = airlock::config::ByteSize(0);
+    let airlock = Airlock::start(cfg.clone()).await;
+    airlock.pull("fault/reserve:v1", &img).await;
+    let data = airlock.stop().await;
+    // The same cache, with a reserve no disk can meet.
+    cfg.storage.min_free = airlock::config::ByteSize(u64::MAX / 2);
+    let airlock = Airlock::start_in(cfg, data).await;
+    airlock.pull("fault/reserve:v1", &img).await;
+    let resp = client()
+        .get(format!("{}/v2/fault/reserve/blobs/{other}", airlock.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let text = String::from_utf8_lossy(&body(resp).await.unwrap()).into_owned();
+    assert!(
+        text.contains("UNAVAILABLE") && text.contains("min_free"),
+        "{text}"
+    );
+    assert_eq!(airlock.spools(), 0, "nothing was started");
+}
