@@ -167,16 +167,25 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_pull_by_digest_is_an_image_in_lru_order() {
+    /// An empty store and index in a temporary directory (kept alive by the first value).
+    fn fixture() -> (tempfile::TempDir, FsStore, SledIndex) {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).unwrap();
         let index = SledIndex::open(&dir.path().join("index")).unwrap();
-        let put = |b: &[u8]| {
-            let d = Digest::of(b);
-            store.put(&d, b).unwrap();
-            d
-        };
+        (dir, store, index)
+    }
+
+    /// Store `bytes`; their digest.
+    fn put(store: &FsStore, bytes: &[u8]) -> Digest {
+        let d = Digest::of(bytes);
+        store.put(&d, bytes).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_pull_by_digest_is_an_image_in_lru_order() {
+        let (_dir, store, index) = fixture();
+        let put = |b: &[u8]| put(&store, b);
         let (cfg, old, new) = (put(b"cfg"), put(b"old"), put(b"new"));
         let (m_old, m_new) = (put(&manifest(&cfg, &[&old])), put(&manifest(&cfg, &[&new])));
         let repo: Repository = ImageRef::parse("x/y", &"docker.io".parse().unwrap())
@@ -220,14 +229,8 @@ mod tests {
 
     #[test]
     fn counts_shared_blobs_and_protects_pins() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
-        let index = SledIndex::open(&dir.path().join("index")).unwrap();
-        let put = |b: &[u8]| {
-            let d = Digest::of(b);
-            store.put(&d, b).unwrap();
-            d
-        };
+        let (_dir, store, index) = fixture();
+        let put = |b: &[u8]| put(&store, b);
         let (base, a, b, loose) = (put(b"base"), put(b"a"), put(b"b"), put(b"loose"));
         let cfg = put(b"cfg");
         let ma = put(&manifest(&cfg, &[&base, &a]));
