@@ -66,8 +66,9 @@ impl Drop for Running {
 /// Open the data directory and build the cache over it.
 async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     let data = &config.storage.path;
-    std::fs::create_dir_all(data)
+    crate::store::fs::create_dir_durable(data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    make_private(data);
     // The index's lock first: a second airlock on this directory must fail before it empties
     // the first one's spools.
     let index = SledIndex::open(&data.join("index"))?;
@@ -100,6 +101,25 @@ async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     );
     refresh_usage(&cache).await;
     Ok(cache)
+}
+
+/// The data directory holds the admin token and the journal: only airlock's user may enter it.
+fn make_private(data: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(data) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            let private = std::fs::Permissions::from_mode(m.permissions().mode() & 0o700);
+            match std::fs::set_permissions(data, private) {
+                Ok(()) => {
+                    tracing::info!(path = %data.display(), "made the data directory private (mode 0700)")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %data.display(), error = %e, "the data directory is readable by others and cannot be made private")
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Put the store's usage into the gauges (the store is listed: off the async runtime).

@@ -166,6 +166,25 @@ impl Cache {
         &self.inner.store
     }
 
+    /// Why new content cannot be stored right now (index writes fail, or the disk is under
+    /// the free-space reserve); `None` when it can. Cached content is served either way.
+    pub fn write_trouble(&self) -> Option<String> {
+        if let Some(why) = self.inner.index.write_failure() {
+            return Some(why);
+        }
+        if let Some(why) = self.inner.store.write_failure() {
+            return Some(why);
+        }
+        match self.inner.store.available() {
+            Ok(Some(free)) if free < self.inner.settings.min_free => Some(format!(
+                "the disk has {free} bytes free, under the storage.min_free reserve of {}: new downloads are refused",
+                self.inner.settings.min_free
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot tell the disk's free space: {e}")),
+        }
+    }
+
     /// Held by operations that add or remove content wholesale (import, eviction, purge,
     /// collection), so one never removes what another counts on.
     pub fn maintenance(&self) -> Arc<tokio::sync::Mutex<()>> {

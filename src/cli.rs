@@ -110,6 +110,8 @@ enum CacheCommand {
     Verify,
     /// Remove every blob no tagged or pinned image uses.
     Gc,
+    /// Rebuild the index from the journal beside the blobs (the server must be stopped).
+    Reindex,
 }
 
 #[derive(Args)]
@@ -143,6 +145,20 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             let url = url.unwrap_or_else(|| client_config::default_url(&config));
             print_client_config(client, &config, &url, airgap, output_dir.as_deref())?;
+            Ok(true)
+        }
+        Command::Cache(CacheCommand::Reindex) => {
+            let data = &config.storage.path;
+            let done = crate::store::index::SledIndex::reindex(data)?;
+            println!(
+                "rebuilt the index of {} from its journal: {} records ({} damaged and skipped), {} tags, {} repository links, {} pins",
+                data.display(),
+                done.records,
+                done.damaged,
+                done.tags,
+                done.links,
+                done.pins
+            );
             Ok(true)
         }
         Command::Serve { offline } => {
@@ -213,6 +229,7 @@ async fn cache_command(session: &Session, command: Command) -> anyhow::Result<bo
         Command::Cache(CacheCommand::Verify) => ops::verify(session).await,
         Command::Cache(CacheCommand::Gc) => ops::remove(session, None).await,
         Command::Serve { .. }
+        | Command::Cache(CacheCommand::Reindex)
         | Command::CheckConfig
         | Command::Health { .. }
         | Command::ClientConfig { .. } => {

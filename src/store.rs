@@ -11,6 +11,7 @@
 
 pub mod fs;
 pub mod index;
+pub mod journal;
 
 use crate::error::Result;
 use crate::oci::{Digest, Repository, Tag};
@@ -44,6 +45,11 @@ pub trait BlobStore: Send + Sync {
 
     /// Every stored blob with its size.
     fn list(&self) -> io::Result<Vec<(Digest, u64)>>;
+
+    /// Why writes fail (the last failure, until a blob is stored again), or `None`.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
 
     /// Bytes free for new content where the store writes (`None` when it cannot tell).
     fn available(&self) -> io::Result<Option<u64>> {
@@ -167,6 +173,10 @@ pub trait Index: Send + Sync {
     fn pin_at(&self, reference: &str, digest: &Digest) -> Result<bool>;
     /// The manifest a pin remembered, if any.
     fn pinned_digest(&self, reference: &str) -> Result<Option<Digest>>;
+    /// Why writes fail right now (a full disk, an I/O error), or `None` while they work.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
     /// Make everything written so far durable.
     fn flush(&self) -> Result<()>;
 }

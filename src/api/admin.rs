@@ -101,6 +101,12 @@ impl Admin {
             registry: self.default_registry.clone(),
             name: "library/readyz".parse().map_err(Failure::from)?,
         })?;
+        if let Some(why) = self.cache.write_trouble() {
+            return Err(Failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cached content is served, but new content cannot be stored: {why}"),
+            ));
+        }
         Ok(text("ready\n"))
     }
 

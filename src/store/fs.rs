@@ -7,8 +7,9 @@ use crate::oci::{Digest, Verifier};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// The file-backed blob store. Clones share everything.
 #[derive(Debug, Clone)]
@@ -17,6 +18,37 @@ pub struct FsStore {
     tmp: PathBuf,
     quarantine: PathBuf,
     seq: Arc<AtomicU64>,
+    health: WriteHealth,
+}
+
+/// Whether writes to the store work: the last failure, cleared by the next blob committed.
+#[derive(Debug, Clone, Default)]
+struct WriteHealth(Arc<Mutex<Option<(Instant, String)>>>);
+
+impl WriteHealth {
+    /// Pass `result` through, remembering a failure.
+    fn note<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if h.is_none() {
+                tracing::error!(error = %e, "writes to the blob store fail");
+                *h = Some((Instant::now(), e.to_string()));
+            }
+        }
+        result
+    }
+
+    fn works(&self) {
+        if let Some((since, _)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tracing::warn!(failed_for = ?since.elapsed(), "writes to the blob store work again");
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        h.as_ref()
+            .map(|(since, why)| format!("blob writes fail since {:?} ago: {why}", since.elapsed()))
+    }
 }
 
 impl FsStore {
@@ -25,16 +57,17 @@ impl FsStore {
     pub fn open(root: &Path) -> io::Result<FsStore> {
         let blobs = root.join("blobs").join("sha256");
         let tmp = root.join("tmp");
-        fs::create_dir_all(&blobs)?;
+        create_dir_durable(&blobs)?;
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
         }
-        fs::create_dir_all(&tmp)?;
+        create_dir_durable(&tmp)?;
         Ok(FsStore {
             blobs,
             tmp,
             quarantine: root.join("quarantine"),
             seq: Arc::new(AtomicU64::new(0)),
+            health: WriteHealth::default(),
         })
     }
 
@@ -74,6 +107,10 @@ impl BlobStore for FsStore {
         }
     }
 
+    fn write_failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
     fn available(&self) -> io::Result<Option<u64>> {
         let st = rustix::fs::statvfs(&self.tmp)?;
         Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
@@ -103,7 +140,7 @@ impl BlobStore for FsStore {
     }
 
     fn quarantine(&self, digest: &Digest) -> io::Result<Option<PathBuf>> {
-        fs::create_dir_all(&self.quarantine)?;
+        create_dir_durable(&self.quarantine)?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -137,11 +174,11 @@ impl FsStore {
         let spool = self
             .tmp
             .join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&spool)?;
+        let file = self
+            .health
+            .note(OpenOptions::new().write(true).create_new(true).open(&spool))?;
         Ok(FsWriter {
+            health: self.health.clone(),
             file,
             spool,
             target,
@@ -150,6 +187,26 @@ impl FsStore {
             written: 0,
             committed: false,
         })
+    }
+}
+
+/// Create `dir` and any missing parents, each made durable in its parent (a directory entry
+/// survives a power cut only once its parent is fsynced).
+pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => File::open(parent)?.sync_all(),
+        None => Ok(()),
     }
 }
 
@@ -192,7 +249,7 @@ impl Batch for FsBatch {
             };
             let target = self.store.path(&digest);
             let shard = target.parent().expect("blob paths have a shard directory");
-            fs::create_dir_all(shard)?;
+            create_dir_durable(shard)?;
             fs::rename(entry.path(), &target)?;
             File::open(shard)?.sync_all()?;
             n += 1;
@@ -219,11 +276,12 @@ struct FsWriter {
     verifier: Verifier,
     written: u64,
     committed: bool,
+    health: WriteHealth,
 }
 
 impl BlobWriter for FsWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+        self.health.note(self.file.write_all(bytes))?;
         self.verifier.update(bytes);
         self.written += bytes.len() as u64;
         Ok(())
@@ -245,17 +303,26 @@ impl BlobWriter for FsWriter {
                 actual,
             });
         }
+        let health = self.health.clone();
+        health.note(self.persist())?;
+        health.works();
+        Ok(self.written)
+    }
+}
+
+impl FsWriter {
+    /// fsync the spool, rename it to its digest, fsync the directory entry.
+    fn persist(&mut self) -> io::Result<()> {
         self.file.sync_all()?;
         let dir = self
             .target
             .parent()
             .expect("blob paths have a shard directory");
-        fs::create_dir_all(dir)?;
+        create_dir_durable(dir)?;
         fs::rename(&self.spool, &self.target)?;
         self.committed = true;
         // The rename is durable only once the directory entry is.
-        File::open(dir)?.sync_all()?;
-        Ok(self.written)
+        File::open(dir)?.sync_all()
     }
 }
 

@@ -1,25 +1,36 @@
-//! [`SledIndex`]: the [`Index`] in a sled database under `<data>/index/`.
+//! [`SledIndex`]: the [`Index`] in a sled database under `<data>/index/`, with every fact it
+//! alone knows also appended to the [`Journal`] beside the blobs.
 //!
 //! Trees and keys (`\0` separates parts; no name, tag or digest can contain it):
 //! ```text
 //! meta   "schema"                      -> "1"
+//! meta   "journal_snapshot"            -> size of the journal when last rewritten (u64 BE)
 //! tags   registry \0 repo \0 tag       -> TagRecord (JSON)
 //! blobs  digest                        -> BlobInfo (JSON)
 //! links  registry \0 repo \0 digest    -> ""
 //! access digest                        -> last use, ms since epoch (u64 big-endian)
 //! pins   image reference               -> "" or the manifest digest it named when pinned
+//! pulls  registry \0 repo \0 digest    -> first pull by digest, ms since epoch (u64 BE)
 //! ```
 //! sled promises no stable on-disk format, so the schema version is checked at open; the
-//! trait stays narrow so another engine could replace this file alone.
+//! trait stays narrow so another engine could replace this file alone. Opening, rebuilding
+//! from the journal and recovering from a failed write live in [`open`].
 
+mod open;
+#[cfg(test)]
+mod tests;
+
+pub use open::Reindexed;
+
+use super::journal::{Journal, Record};
 use super::{BlobInfo, Index, TagRecord, now_ms};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Repository, Tag};
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
 
-const SCHEMA: &[u8] = b"1";
 /// Access times are written at most this often per digest: enough for LRU, cheap per request.
 pub const TOUCH_EVERY_MS: u64 = 60_000;
 /// Bound on the in-memory record of recent touches.
@@ -27,7 +38,22 @@ const MAX_TOUCHED: usize = 100_000;
 
 /// The sled-backed index.
 pub struct SledIndex {
+    path: PathBuf,
+    /// `None` only while a reopen after a failed write could not open the database.
+    trees: RwLock<Option<Trees>>,
+    journal: Journal,
+    /// Held across a record's sled write and its journal append, so the two agree in order.
+    writes: Mutex<()>,
+    /// Since when, and why, writes fail; `None` while they work.
+    failing: Mutex<Option<(Instant, String)>>,
+    last_reopen: Mutex<Option<Instant>>,
+    touched: Mutex<HashMap<Digest, u64>>,
+}
+
+/// The open database and its trees.
+struct Trees {
     db: sled::Db,
+    meta: sled::Tree,
     tags: sled::Tree,
     blobs: sled::Tree,
     links: sled::Tree,
@@ -35,43 +61,6 @@ pub struct SledIndex {
     pins: sled::Tree,
     /// Manifests pulled by digest, per repository (key: registry, name, digest).
     pulls: sled::Tree,
-    touched: Mutex<HashMap<Digest, u64>>,
-}
-
-impl SledIndex {
-    /// Open (creating) the index at `path`.
-    pub fn open(path: &Path) -> Result<SledIndex> {
-        let db = sled::Config::new().path(path).open().map_err(|e| {
-            Error::internal(format!(
-                "cannot open the index at {}: {e} (is another airlock using this data directory?)",
-                path.display()
-            ))
-        })?;
-        let meta = db.open_tree("meta").map_err(err)?;
-        match meta.get("schema").map_err(err)? {
-            None => {
-                meta.insert("schema", SCHEMA).map_err(err)?;
-            }
-            Some(v) if v.as_ref() == SCHEMA => {}
-            Some(v) => {
-                return Err(Error::internal(format!(
-                    "the index at {} has schema {:?}, this airlock reads schema 1: move it away and restart",
-                    path.display(),
-                    String::from_utf8_lossy(&v)
-                )));
-            }
-        }
-        Ok(SledIndex {
-            tags: db.open_tree("tags").map_err(err)?,
-            blobs: db.open_tree("blobs").map_err(err)?,
-            links: db.open_tree("links").map_err(err)?,
-            access: db.open_tree("access").map_err(err)?,
-            pins: db.open_tree("pins").map_err(err)?,
-            pulls: db.open_tree("pulls").map_err(err)?,
-            db,
-            touched: Mutex::new(HashMap::new()),
-        })
-    }
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
@@ -82,6 +71,20 @@ fn repo_key(repo: &Repository, last: &str) -> Vec<u8> {
     format!("{}\0{}\0{last}", repo.registry, repo.name).into_bytes()
 }
 
+/// Split a `registry \0 repo \0 last` key.
+fn split_key(key: &[u8]) -> Option<(&str, &str, &str)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let mut parts = key.splitn(3, '\0');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+fn parse_repo(registry: &str, name: &str) -> Option<Repository> {
+    Some(Repository {
+        registry: registry.parse().ok()?,
+        name: name.parse().ok()?,
+    })
+}
+
 fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>> {
     match tree.get(key).map_err(err)? {
         Some(v) => serde_json::from_slice(&v).map(Some).map_err(err),
@@ -89,59 +92,214 @@ fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Re
     }
 }
 
-fn put_json<T: serde::Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<()> {
-    let v = serde_json::to_vec(value).map_err(err)?;
-    tree.insert(key, v).map_err(err)?;
-    Ok(())
+fn to_json<T: serde::Serialize>(value: &T) -> sled::Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| sled::Error::Unsupported(e.to_string()))
+}
+
+fn be_u64(v: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes)
+}
+
+impl SledIndex {
+    /// Read from the open database. sled's reads may write (they consolidate pages), so after a
+    /// failed write they can fail with the same sticky I/O error: that reopens it too.
+    fn read<T>(&self, f: impl Fn(&Trees) -> Result<T>) -> Result<T> {
+        let first = self.read_once(&f);
+        match first {
+            Err(e) if e.to_string().contains("IO error") && self.reopen_due() => {
+                self.reopen();
+                self.read_once(&f)
+            }
+            r => r,
+        }
+    }
+
+    fn read_once<T>(&self, f: &impl Fn(&Trees) -> Result<T>) -> Result<T> {
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        match trees.as_ref() {
+            Some(t) => f(t),
+            None => Err(self.unavailable()),
+        }
+    }
+
+    /// Write to the database and, when `record` gives one, append it to the journal. A write
+    /// that fails reopens the database once (sled's errors are sticky until then) and retries.
+    fn write<T>(
+        &self,
+        f: impl Fn(&Trees) -> sled::Result<T>,
+        record: impl Fn(&T) -> Option<Record>,
+    ) -> Result<T> {
+        let _order = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut attempt = self.try_write(&f);
+        if attempt.is_err() && self.reopen_due() {
+            self.reopen();
+            attempt = self.try_write(&f);
+        }
+        let done = attempt.and_then(|v| {
+            // Not durable until journaled: a failed append fails the write (a full disk is
+            // noticed at once, not when sled next flushes).
+            // After a failed append the file may end in a torn line: rewrite it first.
+            if self.journal.incomplete() {
+                self.compact_unordered()?;
+            }
+            if let Some(r) = record(&v) {
+                self.journal
+                    .append(&r)
+                    .map_err(|e| err(format!("journal: {e}")))?;
+            }
+            Ok(v)
+        });
+        match &done {
+            Ok(_) => self.writes_work(),
+            Err(e) => self.writes_fail(e),
+        }
+        done
+    }
+
+    fn try_write<T>(&self, f: &impl Fn(&Trees) -> sled::Result<T>) -> Result<T> {
+        self.read_once(&|t| f(t).map_err(err))
+    }
+
+    fn unavailable(&self) -> Error {
+        let why = self
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default();
+        Error::internal(format!(
+            "the index at {} is not open: {why}",
+            self.path.display()
+        ))
+    }
+
+    fn writes_fail(&self, e: &Error) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if failing.is_none() {
+            tracing::error!(error = %e, "index writes fail: new content cannot be recorded");
+            *failing = Some((Instant::now(), e.to_string()));
+        }
+    }
+
+    fn writes_work(&self) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((since, _)) = failing.take() {
+            tracing::warn!(failed_for = ?since.elapsed(), "index writes work again");
+        }
+    }
+
+    fn pin_record(reference: &str, value: Option<&[u8]>) -> Record {
+        match value {
+            Some(v) => Record::Pin {
+                reference: reference.to_string(),
+                digest: std::str::from_utf8(v).ok().and_then(|d| d.parse().ok()),
+            },
+            None => Record::Unpin {
+                reference: reference.to_string(),
+            },
+        }
+    }
 }
 
 impl Index for SledIndex {
     fn tag(&self, repo: &Repository, tag: &Tag) -> Result<Option<TagRecord>> {
-        get_json(&self.tags, &repo_key(repo, tag.as_str()))
+        self.read(|t| get_json(&t.tags, &repo_key(repo, tag.as_str())))
     }
 
     fn set_tag(&self, repo: &Repository, tag: &Tag, record: &TagRecord) -> Result<()> {
-        put_json(&self.tags, &repo_key(repo, tag.as_str()), record)
+        let key = repo_key(repo, tag.as_str());
+        let value = to_json(record).map_err(err)?;
+        self.write(
+            |t| t.tags.insert(&key, value.as_slice()),
+            |old| {
+                // Journal a changed answer, not each revalidation of the same one.
+                let same = old
+                    .as_ref()
+                    .and_then(|o| serde_json::from_slice::<TagRecord>(o).ok())
+                    .is_some_and(|o| {
+                        o.digest == record.digest && o.media_type == record.media_type
+                    });
+                (!same).then(|| Record::Tag {
+                    registry: repo.registry.to_string(),
+                    name: repo.name.to_string(),
+                    tag: tag.to_string(),
+                    digest: record.digest.clone(),
+                    media_type: record.media_type.clone(),
+                    fetched_at_ms: record.fetched_at_ms,
+                })
+            },
+        )?;
+        Ok(())
     }
 
     fn remove_tag(&self, repo: &Repository, tag: &Tag) -> Result<()> {
-        self.tags
-            .remove(repo_key(repo, tag.as_str()))
-            .map_err(err)?;
+        let key = repo_key(repo, tag.as_str());
+        self.write(
+            |t| t.tags.remove(&key),
+            |old| {
+                old.is_some().then(|| Record::Untag {
+                    registry: repo.registry.to_string(),
+                    name: repo.name.to_string(),
+                    tag: tag.to_string(),
+                })
+            },
+        )?;
         Ok(())
     }
 
     fn tags(&self, repo: &Repository) -> Result<Vec<String>> {
         let prefix = repo_key(repo, "");
-        self.tags
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| {
-                let k = k.map_err(err)?;
-                Ok(String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
-            })
-            .collect()
+        self.read(|t| {
+            t.tags
+                .scan_prefix(&prefix)
+                .keys()
+                .map(|k| {
+                    let k = k.map_err(err)?;
+                    Ok(String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+                })
+                .collect()
+        })
     }
 
     fn blob_info(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
-        get_json(&self.blobs, digest.to_string().as_bytes())
+        self.read(|t| get_json(&t.blobs, digest.to_string().as_bytes()))
     }
 
     fn set_blob_info(&self, digest: &Digest, info: &BlobInfo) -> Result<()> {
-        put_json(&self.blobs, digest.to_string().as_bytes(), info)
+        let key = digest.to_string();
+        let value = to_json(info).map_err(err)?;
+        self.write(
+            |t| t.blobs.insert(key.as_bytes(), value.as_slice()),
+            |old| {
+                (old.as_deref() != Some(value.as_slice())).then(|| Record::Blob {
+                    digest: digest.clone(),
+                    size: info.size,
+                    media_type: info.media_type.clone(),
+                })
+            },
+        )?;
+        Ok(())
     }
 
     fn link(&self, repo: &Repository, digest: &Digest) -> Result<()> {
-        self.links
-            .insert(repo_key(repo, &digest.to_string()), &[])
-            .map_err(err)?;
+        let key = repo_key(repo, &digest.to_string());
+        self.write(
+            |t| t.links.insert(&key, &[]),
+            |old| {
+                old.is_none().then(|| Record::Link {
+                    registry: repo.registry.to_string(),
+                    name: repo.name.to_string(),
+                    digest: digest.clone(),
+                })
+            },
+        )?;
         Ok(())
     }
 
     fn is_linked(&self, repo: &Repository, digest: &Digest) -> Result<bool> {
-        self.links
-            .contains_key(repo_key(repo, &digest.to_string()))
-            .map_err(err)
+        let key = repo_key(repo, &digest.to_string());
+        self.read(|t| t.links.contains_key(&key).map_err(err))
     }
 
     fn touch(&self, digest: &Digest) -> Result<()> {
@@ -159,218 +317,162 @@ impl Index for SledIndex {
                 }
             }
         }
-        self.access
-            .insert(digest.to_string().as_bytes(), &now.to_be_bytes())
-            .map_err(err)?;
+        // Access times only order eviction: not journaled, and a failure is not worth a reopen.
+        self.read(|t| {
+            t.access
+                .insert(digest.to_string().as_bytes(), &now.to_be_bytes())
+                .map_err(err)
+        })?;
         Ok(())
     }
 
     fn all_tags(&self) -> Result<Vec<(Repository, Tag, TagRecord)>> {
-        let mut out = Vec::new();
-        for kv in self.tags.iter() {
-            let (k, v) = kv.map_err(err)?;
-            let key = String::from_utf8_lossy(&k);
-            let mut parts = key.split('\0');
-            let (Some(r), Some(n), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
-                continue;
-            };
-            let (Ok(registry), Ok(name), Ok(tag)) = (r.parse(), n.parse(), t.parse()) else {
-                continue;
-            };
-            let record: TagRecord = serde_json::from_slice(&v).map_err(err)?;
-            out.push((Repository { registry, name }, tag, record));
-        }
-        Ok(out)
+        self.read(|t| {
+            let mut out = Vec::new();
+            for kv in t.tags.iter() {
+                let (k, v) = kv.map_err(err)?;
+                let Some((r, n, tag)) = split_key(&k) else {
+                    continue;
+                };
+                let (Some(repo), Ok(tag)) = (parse_repo(r, n), tag.parse()) else {
+                    continue;
+                };
+                let record: TagRecord = serde_json::from_slice(&v).map_err(err)?;
+                out.push((repo, tag, record));
+            }
+            Ok(out)
+        })
     }
 
     fn last_access(&self, digest: &Digest) -> Result<Option<u64>> {
-        Ok(self
-            .access
-            .get(digest.to_string().as_bytes())
-            .map_err(err)?
-            .and_then(|v| {
-                let bytes: [u8; 8] = v.as_ref().try_into().ok()?;
-                Some(u64::from_be_bytes(bytes))
-            }))
+        self.read(|t| {
+            Ok(t.access
+                .get(digest.to_string().as_bytes())
+                .map_err(err)?
+                .and_then(|v| be_u64(&v)))
+        })
     }
 
     fn set_digest_pull(&self, repo: &Repository, digest: &Digest, at_ms: u64) -> Result<()> {
         let key = repo_key(repo, &digest.to_string());
-        self.pulls
-            .compare_and_swap(key, None as Option<&[u8]>, Some(&at_ms.to_be_bytes()[..]))
-            .map_err(err)?
-            .ok();
+        self.write(
+            |t| {
+                let swapped = t.pulls.compare_and_swap(
+                    &key,
+                    None as Option<&[u8]>,
+                    Some(&at_ms.to_be_bytes()[..]),
+                )?;
+                Ok(swapped.is_ok())
+            },
+            |&new| {
+                new.then(|| Record::Pull {
+                    registry: repo.registry.to_string(),
+                    name: repo.name.to_string(),
+                    digest: digest.clone(),
+                    at_ms,
+                })
+            },
+        )?;
         Ok(())
     }
 
     fn remove_digest_pull(&self, repo: &Repository, digest: &Digest) -> Result<()> {
-        self.pulls
-            .remove(repo_key(repo, &digest.to_string()))
-            .map_err(err)?;
+        let key = repo_key(repo, &digest.to_string());
+        self.write(
+            |t| t.pulls.remove(&key),
+            |old| {
+                old.is_some().then(|| Record::Unpull {
+                    registry: repo.registry.to_string(),
+                    name: repo.name.to_string(),
+                    digest: digest.clone(),
+                })
+            },
+        )?;
         Ok(())
     }
 
     fn digest_pulls(&self) -> Result<Vec<(Repository, Digest, u64)>> {
-        let mut out = Vec::new();
-        for kv in self.pulls.iter() {
-            let (k, v) = kv.map_err(err)?;
-            let key = String::from_utf8_lossy(&k);
-            let mut parts = key.split('\0');
-            let (Some(r), Some(n), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
-                continue;
-            };
-            let (Ok(registry), Ok(name), Ok(digest)) = (r.parse(), n.parse(), d.parse()) else {
-                continue;
-            };
-            let at = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
-            out.push((Repository { registry, name }, digest, at));
-        }
-        Ok(out)
+        self.read(|t| {
+            let mut out = Vec::new();
+            for kv in t.pulls.iter() {
+                let (k, v) = kv.map_err(err)?;
+                let Some((r, n, d)) = split_key(&k) else {
+                    continue;
+                };
+                let (Some(repo), Ok(digest)) = (parse_repo(r, n), d.parse()) else {
+                    continue;
+                };
+                out.push((repo, digest, be_u64(&v).unwrap_or(0)));
+            }
+            Ok(out)
+        })
     }
 
     fn pins(&self) -> Result<Vec<String>> {
-        self.pins
-            .iter()
-            .keys()
-            .map(|k| {
-                k.map(|k| String::from_utf8_lossy(&k).into_owned())
-                    .map_err(err)
-            })
-            .collect()
+        self.read(|t| {
+            t.pins
+                .iter()
+                .keys()
+                .map(|k| {
+                    k.map(|k| String::from_utf8_lossy(&k).into_owned())
+                        .map_err(err)
+                })
+                .collect()
+        })
     }
 
     fn set_pinned(&self, reference: &str, pinned: bool) -> Result<bool> {
-        let before = if pinned {
-            // Keep a remembered digest when pinning again.
-            self.pins
-                .fetch_and_update(reference, |old| {
-                    Some(old.map(|v| v.to_vec()).unwrap_or_default())
-                })
-                .map_err(err)?
-        } else {
-            self.pins.remove(reference).map_err(err)?
-        };
-        Ok(before.is_some())
+        let (before, _) = self.write(
+            |t| {
+                if pinned {
+                    // Keep a remembered digest when pinning again.
+                    let before = t.pins.fetch_and_update(reference, |old| {
+                        Some(old.map(|v| v.to_vec()).unwrap_or_default())
+                    })?;
+                    let after = before.clone().unwrap_or_default();
+                    Ok((before.is_some(), Some(after)))
+                } else {
+                    Ok((t.pins.remove(reference)?.is_some(), None))
+                }
+            },
+            |(before, after)| {
+                (*before != after.is_some()).then(|| Self::pin_record(reference, after.as_deref()))
+            },
+        )?;
+        Ok(before)
     }
 
     fn pin_at(&self, reference: &str, digest: &Digest) -> Result<bool> {
-        let before = self
-            .pins
-            .insert(reference, digest.to_string().as_bytes())
-            .map_err(err)?;
+        let value = digest.to_string();
+        let before = self.write(
+            |t| t.pins.insert(reference, value.as_bytes()),
+            |old| {
+                (old.as_deref() != Some(value.as_bytes()))
+                    .then(|| Self::pin_record(reference, Some(value.as_bytes())))
+            },
+        )?;
         Ok(before.is_some())
     }
 
     fn pinned_digest(&self, reference: &str) -> Result<Option<Digest>> {
-        Ok(self
-            .pins
-            .get(reference)
-            .map_err(err)?
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+        self.read(|t| {
+            Ok(t.pins
+                .get(reference)
+                .map_err(err)?
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+        })
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing
+            .as_ref()
+            .map(|(since, why)| format!("index writes fail since {:?} ago: {why}", since.elapsed()))
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(err)?;
+        self.read(|t| t.db.flush().map_err(err))?;
+        self.journal.sync().map_err(err)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn repo(r: &str, n: &str) -> Repository {
-        Repository {
-            registry: r.parse().unwrap(),
-            name: n.parse().unwrap(),
-        }
-    }
-
-    #[test]
-    fn records_round_trip_and_registries_never_mix() {
-        let dir = tempfile::tempdir().unwrap();
-        let idx = SledIndex::open(&dir.path().join("index")).unwrap();
-        let hub = repo("docker.io", "library/nginx");
-        let ghcr = repo("ghcr.io", "library/nginx");
-        let t: Tag = "latest".parse().unwrap();
-        let rec = TagRecord {
-            digest: Digest::of(b"m"),
-            media_type: "application/x".into(),
-            fetched_at_ms: 7,
-        };
-        idx.set_tag(&hub, &t, &rec).unwrap();
-        assert_eq!(idx.tag(&hub, &t).unwrap(), Some(rec.clone()));
-        assert_eq!(idx.tag(&ghcr, &t).unwrap(), None);
-        assert_eq!(idx.tags(&hub).unwrap(), vec!["latest"]);
-        assert!(
-            idx.tags(&repo("docker.io", "library/ngin"))
-                .unwrap()
-                .is_empty(),
-            "prefixes end at \\0"
-        );
-
-        idx.link(&hub, &rec.digest).unwrap();
-        assert!(idx.is_linked(&hub, &rec.digest).unwrap());
-        assert!(!idx.is_linked(&ghcr, &rec.digest).unwrap());
-
-        let info = BlobInfo {
-            size: 3,
-            media_type: None,
-        };
-        idx.set_blob_info(&rec.digest, &info).unwrap();
-        assert_eq!(idx.blob_info(&rec.digest).unwrap(), Some(info));
-        idx.touch(&rec.digest).unwrap();
-        assert!(idx.last_access(&rec.digest).unwrap().is_some());
-        assert_eq!(
-            idx.all_tags().unwrap(),
-            vec![(hub.clone(), t.clone(), rec.clone())]
-        );
-        assert!(
-            !idx.set_pinned("docker.io/library/nginx:latest", true)
-                .unwrap()
-        );
-        assert!(
-            idx.set_pinned("docker.io/library/nginx:latest", true)
-                .unwrap()
-        );
-        assert_eq!(idx.pins().unwrap(), vec!["docker.io/library/nginx:latest"]);
-        assert!(
-            idx.set_pinned("docker.io/library/nginx:latest", false)
-                .unwrap()
-        );
-        assert!(idx.pins().unwrap().is_empty());
-        assert!(
-            !idx.pin_at("docker.io/library/nginx:latest", &rec.digest)
-                .unwrap()
-        );
-        assert!(
-            idx.set_pinned("docker.io/library/nginx:latest", true)
-                .unwrap()
-        );
-        let kept = idx.pinned_digest("docker.io/library/nginx:latest").unwrap();
-        assert_eq!(
-            kept,
-            Some(rec.digest.clone()),
-            "pinning again keeps the digest"
-        );
-        idx.remove_tag(&hub, &t).unwrap();
-        assert_eq!(idx.tag(&hub, &t).unwrap(), None);
-        idx.flush().unwrap();
-    }
-
-    #[test]
-    fn a_foreign_schema_is_refused_with_advice() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index");
-        {
-            let db = sled::open(&path).unwrap();
-            db.open_tree("meta")
-                .unwrap()
-                .insert("schema", "99")
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let e = SledIndex::open(&path).err().unwrap().to_string();
-        assert!(e.contains("move it away"), "{e}");
     }
 }

@@ -20,6 +20,7 @@ mod cli;
 mod connections;
 mod container;
 mod credentials;
+mod durability;
 mod e2e;
 mod e2e_auth;
 mod eviction;

@@ -42,13 +42,26 @@ impl Daemon {
         Daemon::start_full("", extra, &[], env).await
     }
 
-    async fn start_full(top: &str, extra: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::Builder::new()
+    /// As [`Daemon::start`], with the data directory at `data` (a filesystem the test made)
+    /// and `storage` (more `[storage]` keys) written after its path.
+    pub async fn start_on(data: &std::path::Path, storage: &str, extra: &str) -> Daemon {
+        let dir = Daemon::tempdir();
+        let config = dir.path().join("airlock.toml");
+        Daemon::write_config(&config, data, storage, "", extra);
+        Daemon::serve(dir, config, &[], Vec::new()).await
+    }
+
+    fn tempdir() -> TempDir {
+        tempfile::Builder::new()
             .prefix("airlock-daemon-")
             .tempdir()
-            .expect("tempdir");
+            .expect("tempdir")
+    }
+
+    async fn start_full(top: &str, extra: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let dir = Daemon::tempdir();
         let config = dir.path().join("airlock.toml");
-        Daemon::write_config(&config, dir.path(), top, extra);
+        Daemon::write_config(&config, &dir.path().join("data"), "", top, extra);
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -56,11 +69,17 @@ impl Daemon {
         Daemon::serve(dir, config, args, env).await
     }
 
-    fn write_config(config: &PathBuf, dir: &std::path::Path, top: &str, extra: &str) -> u16 {
+    fn write_config(
+        config: &PathBuf,
+        data: &std::path::Path,
+        storage: &str,
+        top: &str,
+        extra: &str,
+    ) -> u16 {
         let port = super::free_port();
         let text = format!(
-            "{top}\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\n\n{extra}",
-            dir.join("data").display()
+            "{top}\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\n{storage}\n\n{extra}",
+            data.display()
         );
         std::fs::write(config, text).expect("write config");
         port
@@ -148,6 +167,20 @@ impl Daemon {
     /// [`super::skopeo::pull`] through this server: must bring exactly `want`.
     pub async fn pull(&self, reference: &str, want: &dyn super::image::Artifact) {
         super::skopeo::pull(&self.host(), reference, want).await;
+    }
+
+    /// The admin API's URL, from the `admin.json` the server writes in its data directory.
+    pub fn admin_url(&self) -> String {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let data = text
+            .split("[storage]\npath = \"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("the config names the data directory");
+        let advert = std::fs::read_to_string(std::path::Path::new(data).join("admin.json"))
+            .expect("a running server writes admin.json");
+        let advert: serde_json::Value = serde_json::from_str(&advert).expect("admin.json");
+        advert["url"].as_str().expect("admin url").to_string()
     }
 
     /// The log so far.

@@ -35,6 +35,7 @@ macro_rules! debian {
 debian!(SH, "/bin/sh", "dash");
 debian!(KILL, "/bin/kill", "procps");
 debian!(CHMOD, "/bin/chmod", "coreutils");
+debian!(MOUNT, "/bin/mount", "mount");
 debian!(UMOUNT, "/bin/umount", "mount");
 debian!(CURL, "/usr/bin/curl", "curl");
 debian!(HTPASSWD, "/usr/bin/htpasswd", "apache2-utils");

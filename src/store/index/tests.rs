@@ -1,0 +1,245 @@
+use super::*;
+use crate::store::journal::Journal;
+use std::path::Path;
+
+fn repo(r: &str, n: &str) -> Repository {
+    Repository {
+        registry: r.parse().unwrap(),
+        name: n.parse().unwrap(),
+    }
+}
+
+#[test]
+fn records_round_trip_and_registries_never_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SledIndex::open(&dir.path().join("index")).unwrap();
+    let hub = repo("docker.io", "library/nginx");
+    let ghcr = repo("ghcr.io", "library/nginx");
+    let t: Tag = "latest".parse().unwrap();
+    let rec = TagRecord {
+        digest: Digest::of(b"m"),
+        media_type: "application/x".into(),
+        fetched_at_ms: 7,
+    };
+    idx.set_tag(&hub, &t, &rec).unwrap();
+    assert_eq!(idx.tag(&hub, &t).unwrap(), Some(rec.clone()));
+    assert_eq!(idx.tag(&ghcr, &t).unwrap(), None);
+    assert_eq!(idx.tags(&hub).unwrap(), vec!["latest"]);
+    assert!(
+        idx.tags(&repo("docker.io", "library/ngin"))
+            .unwrap()
+            .is_empty(),
+        "prefixes end at \\0"
+    );
+
+    idx.link(&hub, &rec.digest).unwrap();
+    assert!(idx.is_linked(&hub, &rec.digest).unwrap());
+    assert!(!idx.is_linked(&ghcr, &rec.digest).unwrap());
+
+    let info = BlobInfo {
+        size: 3,
+        media_type: None,
+    };
+    idx.set_blob_info(&rec.digest, &info).unwrap();
+    assert_eq!(idx.blob_info(&rec.digest).unwrap(), Some(info));
+    idx.touch(&rec.digest).unwrap();
+    assert!(idx.last_access(&rec.digest).unwrap().is_some());
+    assert_eq!(
+        idx.all_tags().unwrap(),
+        vec![(hub.clone(), t.clone(), rec.clone())]
+    );
+    assert!(
+        !idx.set_pinned("docker.io/library/nginx:latest", true)
+            .unwrap()
+    );
+    assert!(
+        idx.set_pinned("docker.io/library/nginx:latest", true)
+            .unwrap()
+    );
+    assert_eq!(idx.pins().unwrap(), vec!["docker.io/library/nginx:latest"]);
+    assert!(
+        idx.set_pinned("docker.io/library/nginx:latest", false)
+            .unwrap()
+    );
+    assert!(idx.pins().unwrap().is_empty());
+    assert!(
+        !idx.pin_at("docker.io/library/nginx:latest", &rec.digest)
+            .unwrap()
+    );
+    assert!(
+        idx.set_pinned("docker.io/library/nginx:latest", true)
+            .unwrap()
+    );
+    let kept = idx.pinned_digest("docker.io/library/nginx:latest").unwrap();
+    assert_eq!(
+        kept,
+        Some(rec.digest.clone()),
+        "pinning again keeps the digest"
+    );
+    idx.remove_tag(&hub, &t).unwrap();
+    assert_eq!(idx.tag(&hub, &t).unwrap(), None);
+    idx.flush().unwrap();
+}
+
+#[test]
+fn a_foreign_schema_is_refused_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index");
+    {
+        let db = sled::open(&path).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema", "99")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let e = SledIndex::open(&path).err().unwrap().to_string();
+    assert!(e.contains("move it away"), "{e}");
+}
+
+fn filled(data: &Path) -> (Repository, Tag, TagRecord) {
+    let idx = SledIndex::open(&data.join("index")).unwrap();
+    let hub = repo("docker.io", "library/nginx");
+    let t: Tag = "latest".parse().unwrap();
+    let rec = TagRecord {
+        digest: Digest::of(b"m"),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        fetched_at_ms: 7,
+    };
+    idx.set_tag(&hub, &t, &rec).unwrap();
+    // A revalidation of the same answer, and a tag that came and went.
+    idx.set_tag(
+        &hub,
+        &t,
+        &TagRecord {
+            fetched_at_ms: 9,
+            ..rec.clone()
+        },
+    )
+    .unwrap();
+    let gone: Tag = "old".parse().unwrap();
+    idx.set_tag(&hub, &gone, &rec).unwrap();
+    idx.remove_tag(&hub, &gone).unwrap();
+    idx.link(&hub, &rec.digest).unwrap();
+    let info = BlobInfo {
+        size: 1,
+        media_type: Some(rec.media_type.clone()),
+    };
+    idx.set_blob_info(&rec.digest, &info).unwrap();
+    idx.set_digest_pull(&hub, &Digest::of(b"p"), 5).unwrap();
+    idx.pin_at("docker.io/library/nginx:latest", &rec.digest)
+        .unwrap();
+    idx.set_pinned("docker.io/library/redis:7", true).unwrap();
+    idx.set_pinned("docker.io/library/redis:6", true).unwrap();
+    idx.set_pinned("docker.io/library/redis:6", false).unwrap();
+    idx.flush().unwrap();
+    (hub, t, rec)
+}
+
+fn assert_same_facts(data: &Path, (hub, t, rec): &(Repository, Tag, TagRecord)) {
+    let idx = SledIndex::open(&data.join("index")).unwrap();
+    let got = idx.tag(hub, t).unwrap().expect("the tag is rebuilt");
+    assert_eq!(got.digest, rec.digest);
+    assert_eq!(
+        idx.tags(hub).unwrap(),
+        vec!["latest"],
+        "the removed tag stays removed"
+    );
+    assert!(idx.is_linked(hub, &rec.digest).unwrap());
+    assert_eq!(idx.blob_info(&rec.digest).unwrap().unwrap().size, 1);
+    assert_eq!(
+        idx.digest_pulls().unwrap(),
+        vec![(hub.clone(), Digest::of(b"p"), 5)]
+    );
+    assert_eq!(
+        idx.pins().unwrap(),
+        vec![
+            "docker.io/library/nginx:latest",
+            "docker.io/library/redis:7"
+        ]
+    );
+    assert_eq!(
+        idx.pinned_digest("docker.io/library/nginx:latest").unwrap(),
+        Some(rec.digest.clone())
+    );
+}
+
+#[test]
+fn a_deleted_index_is_rebuilt_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let facts = filled(dir.path());
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    assert_same_facts(dir.path(), &facts);
+}
+
+#[test]
+fn a_corrupt_index_is_moved_aside_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let facts = filled(dir.path());
+    let index = dir.path().join("index");
+    for entry in std::fs::read_dir(&index).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::write(&p, vec![0xA5u8; 4096]).unwrap();
+        }
+    }
+    assert_same_facts(dir.path(), &facts);
+    let kept = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("index.corrupt-")
+        })
+        .count();
+    assert_eq!(kept, 1, "the corrupt index is kept for inspection");
+}
+
+#[test]
+fn reindex_rebuilds_a_healthy_index_and_a_second_airlock_is_told_it_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let facts = filled(dir.path());
+    let done = SledIndex::reindex(dir.path()).unwrap();
+    assert_eq!(
+        (done.tags, done.links, done.pins, done.damaged),
+        (1, 1, 2, 0)
+    );
+    assert_same_facts(dir.path(), &facts);
+
+    let _first = SledIndex::open(&dir.path().join("index")).unwrap();
+    let e = SledIndex::open(&dir.path().join("index"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("in use by another airlock"), "{e}");
+    let e = SledIndex::reindex(dir.path()).err().unwrap().to_string();
+    assert!(e.contains("in use by another airlock"), "{e}");
+}
+
+#[test]
+fn revalidations_do_not_grow_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, t, rec) = filled(dir.path());
+    let idx = SledIndex::open(&dir.path().join("index")).unwrap();
+    let before = std::fs::metadata(Journal::path_in(dir.path()))
+        .unwrap()
+        .len();
+    for i in 0..100 {
+        idx.set_tag(
+            &hub,
+            &t,
+            &TagRecord {
+                fetched_at_ms: 100 + i,
+                ..rec.clone()
+            },
+        )
+        .unwrap();
+        idx.link(&hub, &rec.digest).unwrap();
+    }
+    let after = std::fs::metadata(Journal::path_in(dir.path()))
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+}
