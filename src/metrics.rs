@@ -47,6 +47,10 @@ pub struct Metrics {
     pub upstream_seconds: HistogramVec,
     /// 1 while an upstream is up, 0 while its circuit breaker holds it down.
     pub upstream_up: IntGaugeVec,
+    /// Docker Hub's rate-limit window: pulls allowed and left, by registry.
+    pub upstream_ratelimit: IntGaugeVec,
+    /// Moved tags answered with their last known digest to save the budget, by registry.
+    pub ratelimit_deferred: IntCounterVec,
     /// Blob downloads running.
     pub fills_in_flight: IntGauge,
     /// Blob downloads waiting for their turn (`storage.max_downloads`).
@@ -158,6 +162,19 @@ impl Metrics {
                 &["registry"],
             )
             .expect("valid"),
+            upstream_ratelimit: IntGaugeVec::new(
+                Opts::new(
+                    "airlock_upstream_ratelimit",
+                    "The upstream's announced rate-limit window (ratelimit-limit / ratelimit-remaining headers): kind=limit|remaining.",
+                ),
+                &["registry", "kind"],
+            )
+            .expect("valid"),
+            ratelimit_deferred: counter(
+                "airlock_ratelimit_deferred_total",
+                "Moved tags answered with their last known digest because the upstream's rate-limit budget was at the reserve.",
+                &["registry"],
+            ),
             fills_in_flight: IntGauge::new("airlock_fills_in_flight", "Blob downloads running.")
                 .expect("valid"),
             fills_queued: IntGauge::new(
@@ -246,6 +263,8 @@ impl Metrics {
             Box::new(self.upstream_requests.clone()),
             Box::new(self.upstream_seconds.clone()),
             Box::new(self.upstream_up.clone()),
+            Box::new(self.upstream_ratelimit.clone()),
+            Box::new(self.ratelimit_deferred.clone()),
             Box::new(self.fills_in_flight.clone()),
             Box::new(self.fills_queued.clone()),
             Box::new(self.fill_bytes.clone()),
@@ -292,6 +311,7 @@ impl Metrics {
             }
             self.upstream_seconds.with_label_values(&[registry]);
             self.upstream_up.with_label_values(&[registry]).set(1);
+            self.ratelimit_deferred.with_label_values(&[registry]);
             self.fill_bytes.with_label_values(&[registry]);
         }
         for result in ["ready", "not_ready"] {

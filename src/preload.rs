@@ -173,6 +173,7 @@ async fn one(
             };
         }
     };
+    wait_for_budget(cache, &reference, progress).await;
     let fetched = fetch(&ctx, &reference, platforms, image).await;
     let mut readiness = readiness::check(cache, &reference, platforms).await;
     readiness.image = image.to_string();
@@ -190,6 +191,39 @@ async fn one(
     });
     progress.end(image, readiness.ready(), message);
     readiness
+}
+
+/// While the upstream's pull budget is at its reserve, wait (saying so), rechecking with a
+/// HEAD of the image's manifest, which costs no pull: the last pulls of the window go to
+/// clients. Preload is cancelled like any other while it waits.
+async fn wait_for_budget(cache: &Cache, reference: &ImageRef, progress: &Progress) {
+    let Ok(entry) = cache.upstreams().get(&reference.repo.registry) else {
+        return;
+    };
+    let upstream = entry.upstream.clone();
+    let mut said = false;
+    while let Some(why) = upstream.budget_low() {
+        if !said {
+            progress.note(format!(
+                "preload paused before {}: {why}; waiting for the window to turn",
+                reference
+            ));
+            tracing::warn!(image = %reference, reason = %why, "preload paused to save the pull budget");
+            said = true;
+        }
+        tokio::time::sleep(upstream.budget_recheck()).await;
+        let _ = upstream
+            .manifest(
+                &reference.repo.name,
+                &reference.reference,
+                crate::oci::manifest::ACCEPT_ALL,
+                true,
+            )
+            .await;
+    }
+    if said {
+        progress.note("preload resumed: the pull budget is above its reserve again");
+    }
 }
 
 /// Resolve the reference, the wanted platforms' manifests, and download their blobs.

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod budget;
 pub mod client;
 pub mod credentials;
 pub mod trust;
@@ -56,6 +57,17 @@ pub trait Upstream: Send + Sync {
 
     /// Every tag of a repository (following pagination).
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>>;
+
+    /// Why the upstream's pull budget is at its reserve (only client requests spend it now),
+    /// or `None`.
+    fn budget_low(&self) -> Option<String> {
+        None
+    }
+
+    /// How often a paused preload rechecks the budget.
+    fn budget_recheck(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
 }
 
 /// An upstream with the policy that goes with it.

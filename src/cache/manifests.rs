@@ -208,6 +208,18 @@ impl Cache {
                 }
                 return Ok(Some((m, Outcome::Hit)));
             }
+            // The tag moved, but the pull budget is at its reserve: the last known answer,
+            // so the last pulls of the window go to content clients ask for by digest or
+            // have never had.
+            if let Some(why) = upstream.budget_low() {
+                tracing::warn!(%repo, %tag, digest = %rec.digest, reason = %why, "tag moved upstream; keeping its last known answer to save the pull budget");
+                let metrics = &self.inner.metrics;
+                metrics
+                    .ratelimit_deferred
+                    .with_label_values(&[metrics.registry_label(&repo.registry.to_string())])
+                    .inc();
+                return Ok(Some((m.clone(), Outcome::Stale)));
+            }
         }
         let Some(fetched) = upstream
             .manifest(&repo.name, &reference, accept, false)

@@ -74,6 +74,21 @@ pub struct UpstreamConfig {
     /// there). Docker Hub's auth.docker.io is built in.
     #[serde(default)]
     pub token_hosts: Vec<String>,
+    /// Pulls of the upstream's rate-limit window (Docker Hub's `ratelimit-remaining`) kept for
+    /// clients: at or below it, a moved tag keeps its last known answer and preload pauses.
+    #[serde(default = "default_ratelimit_reserve")]
+    pub ratelimit_reserve: u64,
+    /// How often a paused preload asks (with a HEAD, which costs no pull) whether the budget
+    /// has come back.
+    #[serde(default = "default_ratelimit_recheck", with = "humantime_serde")]
+    pub ratelimit_recheck: Duration,
+}
+
+fn default_ratelimit_reserve() -> u64 {
+    10
+}
+fn default_ratelimit_recheck() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_stale_timeout() -> Duration {
@@ -137,6 +152,8 @@ impl UpstreamConfig {
             backoff: default_backoff(),
             max_backoff: default_max_backoff(),
             token_hosts: Vec::new(),
+            ratelimit_reserve: default_ratelimit_reserve(),
+            ratelimit_recheck: default_ratelimit_recheck(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 use super::auth::{Auth, Challenge};
 use super::breaker::{Breaker, Health};
+use super::budget::Budget;
 use super::credentials::CredentialProvider;
 use super::trust;
 use super::{BlobBody, FetchedManifest, Upstream};
@@ -39,6 +40,8 @@ pub struct HttpUpstream {
     request_timeout: Duration,
     /// Hosts besides the registry's own allowed to serve its token realm.
     token_hosts: Vec<String>,
+    budget: Budget,
+    budget_recheck: Duration,
 }
 
 impl HttpUpstream {
@@ -95,6 +98,8 @@ impl HttpUpstream {
             http,
             request_timeout: config.request_timeout,
             token_hosts: config.token_hosts.clone(),
+            budget: Budget::new(config.ratelimit_reserve),
+            budget_recheck: config.ratelimit_recheck,
         })
     }
 
@@ -188,6 +193,16 @@ impl HttpUpstream {
             resp = self
                 .follow(&method, url.clone(), accept, timeout, auth.as_ref())
                 .await?;
+        }
+        if let Some(r) = self.budget.observe(resp.headers()) {
+            let m = &self.metrics;
+            let label = m.registry_label(&self.registry);
+            m.upstream_ratelimit
+                .with_label_values(&[label, "limit"])
+                .set(r.limit as i64);
+            m.upstream_ratelimit
+                .with_label_values(&[label, "remaining"])
+                .set(r.remaining as i64);
         }
         let status = resp.status();
         match status {
@@ -412,6 +427,14 @@ impl Upstream for HttpUpstream {
         Ok(Some(
             header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
         ))
+    }
+
+    fn budget_low(&self) -> Option<String> {
+        self.budget.low()
+    }
+
+    fn budget_recheck(&self) -> Duration {
+        self.budget_recheck
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {

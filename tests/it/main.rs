@@ -14,6 +14,7 @@ mod support;
 mod access;
 mod airgap;
 mod auth;
+mod budget;
 mod bundle_cli;
 mod bundles;
 mod cli;

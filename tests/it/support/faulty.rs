@@ -115,6 +115,8 @@ struct State {
     manifests: HashMap<(String, String), (String, Bytes)>,
     rules: Vec<Rule>,
     log: Vec<(String, String)>,
+    /// Docker Hub's pull budget: (limit, remaining); a manifest GET spends one, a HEAD none.
+    ratelimit: Option<(u64, u64)>,
 }
 
 /// The scripted upstream (own thread). Dropping it stops it.
@@ -190,6 +192,18 @@ impl FaultyUpstream {
             artifact.media_type(),
             artifact.manifest().clone(),
         );
+    }
+
+    /// Announce a pull budget as Docker Hub does (`ratelimit-limit`/`ratelimit-remaining` on
+    /// manifest answers); each manifest GET spends one pull of `remaining`.
+    pub fn set_ratelimit(&self, limit: u64, remaining: u64) {
+        self.state.lock().expect("faulty state lock").ratelimit = Some((limit, remaining));
+    }
+
+    /// Pulls left in the announced budget.
+    pub fn ratelimit_remaining(&self) -> Option<u64> {
+        let s = self.state.lock().expect("faulty state lock");
+        s.ratelimit.map(|(_, r)| r)
     }
 
     /// From now on answer requests for `target` with `mode`. `target` is a blob digest or a
@@ -345,9 +359,18 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body>
         Mode::Gate(g) => g.pass().await,
         _ => {}
     }
-    let found = {
-        let s = st.lock().expect("faulty state lock");
-        lookup(&s, &path)
+    let (found, budget) = {
+        let mut s = st.lock().expect("faulty state lock");
+        let found = lookup(&s, &path);
+        let manifest = path.contains("/manifests/");
+        if manifest
+            && method == Method::GET
+            && found.is_some()
+            && let Some((_, r)) = s.ratelimit.as_mut()
+        {
+            *r = r.saturating_sub(1);
+        }
+        (found, s.ratelimit.filter(|_| manifest))
     };
     let Some((content_type, digest, data)) = found else {
         return if path.contains("/manifests/") {
@@ -359,7 +382,13 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body>
         };
     };
     let total = data.len();
-    let mut b = Response::builder()
+    let mut b = Response::builder();
+    if let Some((limit, remaining)) = budget {
+        b = b
+            .header("ratelimit-limit", format!("{limit};w=21600"))
+            .header("ratelimit-remaining", format!("{remaining};w=21600"));
+    }
+    let mut b = b
         .header("Content-Type", content_type)
         .header("Docker-Content-Digest", digest)
         .header("Docker-Distribution-API-Version", "registry/2.0")
