@@ -164,7 +164,7 @@ impl Admin {
 
     fn preload(&self, request: preload::Request) -> Answer {
         let (cache, default, cap) = (self.cache.clone(), self.default_registry.clone(), self.cap);
-        Ok(stream_events(move |progress| async move {
+        Ok(stream_events("preload", move |progress| async move {
             let report = preload::preload(&cache, &default, &request, &progress).await;
             if let Some(cap) = cap {
                 let _ = gc::evict(&cache, cap).await;
@@ -218,7 +218,7 @@ impl Admin {
             ));
         }
         let cache = self.cache.clone();
-        Ok(stream_events(move |progress| async move {
+        Ok(stream_events("verify", move |progress| async move {
             let result = gc::verify(&cache, &progress).await;
             running.store(false, Ordering::SeqCst);
             match result {
@@ -280,7 +280,7 @@ impl Admin {
             .into_body()
             .into_data_stream()
             .map(|r| r.map_err(io::Error::other));
-        stream_events(move |progress| async move {
+        stream_events("import", move |progress| async move {
             let reader = tokio_util::io::StreamReader::new(body);
             let cache2 = cache.clone();
             let imported = tokio::task::spawn_blocking(move || {
@@ -415,8 +415,10 @@ fn json<T: Serialize>(value: &T) -> Response<Body> {
 }
 
 /// Run `op` with a progress sender and answer with its events as JSON lines; the last line is
-/// the event `op` returns.
-fn stream_events<F, Fut>(op: F) -> Response<Body>
+/// the event `op` returns. A client that goes away (a CLI stopped with Ctrl-C) cancels `op`:
+/// what it did stays done (downloads it started and others share run on), the rest is not
+/// started. Work already in the blocking pool (an import's last step) runs to its end.
+fn stream_events<F, Fut>(what: &'static str, op: F) -> Response<Body>
 where
     F: FnOnce(Progress) -> Fut + Send + 'static,
     Fut: Future<Output = Event> + Send + 'static,
@@ -424,8 +426,14 @@ where
     let (tx, rx) = mpsc::unbounded_channel::<Event>();
     let progress = Progress::to(tx.clone());
     tokio::spawn(async move {
-        let last = op(progress).await;
-        let _ = tx.send(last);
+        tokio::select! {
+            last = op(progress) => {
+                let _ = tx.send(last);
+            }
+            () = tx.closed() => {
+                tracing::warn!(operation = what, "the client went away: {what} cancelled");
+            }
+        }
     });
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;

@@ -306,3 +306,67 @@ async fn a_blackholed_upstream_is_marked_down_and_cached_tags_keep_pulling() {
         .expect("pull after recovery")
         .assert_matches(&img, true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preload_interrupted_with_ctrl_c_is_cancelled_in_the_running_server() {
+    let up = FaultyUpstream::start();
+    let names: Vec<String> = (0..6).map(|i| format!("cut/app{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        up.add_artifact(name, "v1", &Image::oci(&format!("ctrl-c-{i}"), &[20_000]));
+    }
+    let gate = support::faulty::Gate::new();
+    up.set_mode("*", Mode::Gate(gate.clone()));
+    let daemon = Daemon::start(&upstream_toml(&up.url(), ""), &[]).await;
+    let images: Vec<String> = names.iter().map(|n| format!("{n}:v1")).collect();
+    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .arg("preload")
+        .args(&images)
+        .arg("-c")
+        .arg(&daemon.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert!(
+        gate.wait_for_waiting(1, Duration::from_secs(20)).await,
+        "the preload reached the upstream"
+    );
+    let pid = cli.id().unwrap().to_string();
+    let sent = support::tools::KILL
+        .command()
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), cli.wait())
+        .await
+        .expect("the CLI stops on Ctrl-C")
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        daemon
+            .wait_log("the client went away: preload cancelled", 100)
+            .await,
+        "{}",
+        daemon.log()
+    );
+    // The held requests are answered now, but nothing asks for more: no blob is fetched and
+    // the images not yet started are never asked for.
+    gate.open();
+    let _ = reqwest::get(format!("{}/v2/", daemon.url())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let blobs = up
+        .request_log()
+        .iter()
+        .filter(|(_, path)| path.contains("/blobs/"))
+        .count();
+    assert_eq!(blobs, 0, "{:?}", up.request_log());
+    let asked: std::collections::HashSet<String> = up
+        .request_log()
+        .iter()
+        .filter(|(_, p)| p.contains("/manifests/"))
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert!(asked.len() < names.len(), "{asked:?}");
+}
