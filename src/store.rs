@@ -46,6 +46,12 @@ pub trait BlobStore: Send + Sync {
     /// Every stored blob with its size.
     fn list(&self) -> io::Result<Vec<(Digest, u64)>>;
 
+    /// Bytes of downloads and import batches in progress (not yet verified blobs), which
+    /// count against the cache's size like stored ones.
+    fn spooled(&self) -> io::Result<u64> {
+        Ok(0)
+    }
+
     /// Why writes fail (the last failure, until a blob is stored again), or `None`.
     fn write_failure(&self) -> Option<String> {
         None

@@ -22,14 +22,16 @@ static PINS_OVER_CAP: AtomicBool = AtomicBool::new(false);
 pub(super) async fn evict(cache: &Cache, cap: Cap) -> Result<Removal> {
     let high = (cap.max as f64 * cap.high) as u64;
     let low = (cap.max as f64 * cap.low) as u64;
-    let (mut snap, loose) = blocking(cache, |store, index| {
+    let (mut snap, loose, spooled) = blocking(cache, |store, index| {
         let snap = Snapshot::take(store, index)?;
         let loose = oldest_first(index, snap.unreferenced())?;
-        Ok((snap, loose))
+        Ok((snap, loose, store.spooled()?))
     })
     .await?;
+    // Downloads in progress will be blobs soon: they count against the cap now, so the
+    // disk never holds max_size plus every spool.
     let mut run = Run {
-        total: snap.total(),
+        total: snap.total() + spooled,
         low,
         since: snap.started_ms,
         removal: Removal::default(),

@@ -111,6 +111,23 @@ impl BlobStore for FsStore {
         self.health.failure()
     }
 
+    fn spooled(&self) -> io::Result<u64> {
+        fn size(dir: &Path) -> io::Result<u64> {
+            let mut total = 0;
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                total += if kind.is_dir() {
+                    size(&entry.path())?
+                } else {
+                    entry.metadata()?.len()
+                };
+            }
+            Ok(total)
+        }
+        size(&self.tmp)
+    }
+
     fn available(&self) -> io::Result<Option<u64>> {
         let st = rustix::fs::statvfs(&self.tmp)?;
         Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
@@ -379,8 +396,14 @@ mod tests {
         let s = FsStore::open(dir.path()).unwrap();
         let mut w = s.create(&Digest::of(b"x")).unwrap();
         w.write(b"x").unwrap();
-        drop(w);
+        let mut batch = s.batch().unwrap();
+        let mut b = batch.add(&Digest::of(b"yy")).unwrap();
+        b.write(b"yy").unwrap();
+        b.commit().unwrap();
+        assert_eq!(s.spooled().unwrap(), 3, "spools and batches count");
+        drop((w, batch));
         assert_eq!(fs::read_dir(&s.tmp).unwrap().count(), 0);
+        assert_eq!(s.spooled().unwrap(), 0);
         fs::write(s.tmp.join("leftover"), b"junk").unwrap();
         let s = FsStore::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(&s.tmp).unwrap().count(), 0);

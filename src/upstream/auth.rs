@@ -177,6 +177,11 @@ impl Auth {
                 if tokens.len() > MAX_ENTRIES {
                     let now = Instant::now();
                     tokens.retain(|_, (_, until)| *until > now);
+                    // Still full of live tokens (a client walking many repositories): start
+                    // over. A token costs one request to fetch again; memory stays bounded.
+                    if tokens.len() > MAX_ENTRIES {
+                        tokens.clear();
+                    }
                 }
                 tokens.insert(scope, (token.clone(), Instant::now() + (lifetime - margin)));
                 Ok(Some(token))
