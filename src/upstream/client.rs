@@ -75,6 +75,15 @@ impl HttpUpstream {
         if config.insecure {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
+        // An upstream outside never gets airlock to connect inside (see upstream::resolve).
+        if !trust::internal(&base)
+            && let Some(host) = base.host_str()
+        {
+            let mut exempt = config.token_hosts.clone();
+            exempt.extend(trust::realm_hosts_for(host));
+            builder =
+                builder.dns_resolver(Arc::new(super::resolve::OutsideOnly::new(host, &exempt)));
+        }
         let http = builder.build()?;
         let provider = CredentialProvider::from_config(config, credentials)?;
         let registry: Registry = config.registry.parse()?;

@@ -7,8 +7,8 @@
 //!   Hub's `auth.docker.io`), or one the operator names (`token_hosts`), and never plain http
 //!   for an https registry.
 //!
-//! Host names are judged as written; a name that resolves to an internal address is not
-//! caught here.
+//! Host names are judged as written here; a name that resolves to an internal address is
+//! caught when it is resolved, by [`super::resolve::OutsideOnly`].
 
 use reqwest::Url;
 use std::net::IpAddr;
@@ -20,9 +20,10 @@ const WELL_KNOWN_REALMS: &[(&str, &str)] = &[
     ("docker.io", "auth.docker.io"),
 ];
 
-/// Whether `host` names this machine or a private network.
-fn is_internal(host: url::Host<&str>) -> bool {
-    let internal_ip = |ip: IpAddr| match ip.to_canonical() {
+/// Whether `ip` is this machine's or a private network's: loopback, private, link-local,
+/// unique-local or unspecified.
+pub fn internal_ip(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
         }
@@ -33,7 +34,11 @@ fn is_internal(host: url::Host<&str>) -> bool {
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link local
         }
-    };
+    }
+}
+
+/// Whether `host` names this machine or a private network.
+fn is_internal(host: url::Host<&str>) -> bool {
     match host {
         url::Host::Ipv4(a) => internal_ip(IpAddr::V4(a)),
         url::Host::Ipv6(a) => internal_ip(IpAddr::V6(a)),
@@ -44,7 +49,8 @@ fn is_internal(host: url::Host<&str>) -> bool {
     }
 }
 
-fn internal(url: &Url) -> bool {
+/// Whether the URL's host, as written, is internal (see [`internal_ip`]; `localhost` too).
+pub fn internal(url: &Url) -> bool {
     url.host().is_some_and(is_internal)
 }
 
@@ -78,6 +84,15 @@ pub fn link(base: &Url, next: &Url) -> Result<(), String> {
             next.host_str().unwrap_or("")
         ))
     }
+}
+
+/// The token hosts built in for the registry at `host`.
+pub fn realm_hosts_for(host: &str) -> Vec<String> {
+    WELL_KNOWN_REALMS
+        .iter()
+        .filter(|(r, _)| r.eq_ignore_ascii_case(host))
+        .map(|(_, a)| a.to_string())
+        .collect()
 }
 
 /// May credentials go to `realm` for the registry at `base`? `extra` are the configured

@@ -2,6 +2,8 @@
 //! `Authorization` header goes to the registry's own origin only, never to the CDN. A
 //! scripted pair of servers, because no registry package here redirects to another host.
 
+mod netns;
+
 use crate::support;
 
 use bytes::Bytes;

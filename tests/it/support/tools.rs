@@ -38,6 +38,8 @@ debian!(CHMOD, "/bin/chmod", "coreutils");
 debian!(MOUNT, "/bin/mount", "mount");
 debian!(UMOUNT, "/bin/umount", "mount");
 debian!(CURL, "/usr/bin/curl", "curl");
+debian!(IP, "/bin/ip", "iproute2");
+debian!(PYTHON3, "/usr/bin/python3", "python3");
 debian!(HTPASSWD, "/usr/bin/htpasswd", "apache2-utils");
 debian!(REGISTRY, "/usr/bin/docker-registry", "docker-registry");
 debian!(SKOPEO, "/usr/bin/skopeo", "skopeo");
