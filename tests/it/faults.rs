@@ -41,6 +41,8 @@ async fn wrong_or_short_bytes_fail_the_transfer_and_cache_nothing() {
         (1u8, Mode::WrongBytes),
         (2, Mode::ShortBody(300_000)),
         (3, Mode::ShortBody(0)),
+        (4, Mode::ChunkedCut(300_000)),
+        (5, Mode::ChunkedCut(0)),
     ] {
         let data = random(seed, 1 << 20);
         let digest = up.add_blob(data.clone());

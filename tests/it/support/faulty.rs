@@ -31,6 +31,9 @@ pub enum Mode {
     WrongBytes,
     /// Content-Length of the full body, but only this many bytes, then the connection closes.
     ShortBody(usize),
+    /// No Content-Length: the body goes chunked, this many bytes of it, then the connection
+    /// closes without the last chunk (a cut the length cannot reveal).
+    ChunkedCut(usize),
     /// Send this many bytes, then nothing more; the connection stays open.
     StallMidBody(usize),
     /// Answer this status (e.g. 429 with `Retry-After: 1`, 500, 503) with a registry error body.
@@ -400,7 +403,11 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body>
             .header("Content-Range", format!("bytes {start}-{end}/{total}"));
         data = data.slice(start..=end);
     }
-    let b = b.header("Content-Length", data.len().to_string());
+    let b = if matches!(mode, Mode::ChunkedCut(_)) {
+        b
+    } else {
+        b.header("Content-Length", data.len().to_string())
+    };
     if method == Method::HEAD {
         return b.body(empty()).expect("response");
     }
@@ -444,7 +451,7 @@ fn body_for(mode: &Mode, data: Bytes) -> Body {
     let frame = |b: Bytes| -> Item { Ok(Frame::data(b)) };
     match mode {
         Mode::WrongBytes => full(data.iter().map(|b| b ^ 0xff).collect::<Vec<u8>>()),
-        Mode::ShortBody(n) => {
+        Mode::ShortBody(n) | Mode::ChunkedCut(n) => {
             let n = (*n).min(data.len().saturating_sub(1));
             // Pause before failing so hyper flushes the headers and the partial body first.
             let cut = futures_util::stream::once(async {
