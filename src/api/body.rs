@@ -32,6 +32,41 @@ pub fn stream(s: crate::cache::BlobStream) -> Body {
     StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
 }
 
+/// `body`, carrying `guard` until it is done or dropped (a request counted in progress).
+pub fn guarded<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
+    Guarded {
+        body,
+        _guard: guard,
+    }
+    .boxed_unsync()
+}
+
+struct Guarded<G> {
+    body: Body,
+    _guard: G,
+}
+
+impl<G: Unpin> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        // `Body` is Unpin (boxed), so the projection is safe code.
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// What the log line says about a request besides what the body learns.
 pub struct LogLine {
     /// When the request arrived.

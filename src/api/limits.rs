@@ -1,5 +1,6 @@
 //! What one client may hold of the server: connection caps (in all, and per source address),
-//! a first-byte timeout (a connection that sends nothing is closed), TCP keepalive, and a
+//! a first-byte timeout (a connection that sends nothing is closed), an idle timeout (one
+//! with no request in progress is closed), TCP keepalive, and a
 //! no-progress timeout on writes: a reader that takes no bytes at all for `stall_timeout` is
 //! dropped, and with it every hold its transfer had on a blob. There is no minimum rate: slow
 //! links are what airlock is for.
@@ -12,9 +13,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -246,5 +248,66 @@ mod tests {
             .await
             .expect("progress, however slow");
         assert!(reader.await.unwrap() >= 16 << 10);
+    }
+}
+
+/// Requests in progress on one connection, and since when it has had none.
+#[derive(Clone)]
+pub struct Activity(Arc<ActivityInner>);
+
+struct ActivityInner {
+    active: AtomicUsize,
+    since: Mutex<Instant>,
+}
+
+/// One request in progress (until its response body is done or dropped).
+pub struct Active(Arc<ActivityInner>);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity(Arc::new(ActivityInner {
+            active: AtomicUsize::new(0),
+            since: Mutex::new(Instant::now()),
+        }))
+    }
+}
+
+impl Activity {
+    /// A request starts.
+    pub fn begin(&self) -> Active {
+        self.0.active.fetch_add(1, Ordering::SeqCst);
+        Active(self.0.clone())
+    }
+
+    /// How long the connection has had no request in progress (`None` while it has one).
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.0.active.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(
+            self.0
+                .since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+
+    /// Resolves once the connection has been idle for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        let step = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(step).await;
+            if self.idle_for().is_some_and(|d| d >= timeout) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }

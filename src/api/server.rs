@@ -95,12 +95,16 @@ pub async fn serve<H: Handle>(
                 return;
             }
             let stream = Stall::new(stream, l.stall_timeout);
+            let idle = l.idle_timeout;
             let result = match tls {
-                None => connection(&builder, watcher, TokioIo::new(stream), state, peer).await,
+                None => {
+                    connection(&builder, watcher, TokioIo::new(stream), state, peer, idle).await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            connection(&builder, watcher, TokioIo::new(tls), state, peer).await
+                            let io = TokioIo::new(tls);
+                            connection(&builder, watcher, io, state, peer, idle).await
                         }
                         Ok(Err(e)) => Err(e.into()),
                         Err(_) => Err("TLS handshake timed out".into()),
@@ -122,23 +126,35 @@ pub async fn serve<H: Handle>(
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Serve one connection (HTTP/1.1, or HTTP/2 by preface or ALPN) until it closes or the
-/// server shuts down.
+/// Serve one connection (HTTP/1.1, or HTTP/2 by preface or ALPN) until it closes, the server
+/// shuts down, or it has had no request in progress for `idle` (then it is closed).
 async fn connection<I, H: Handle>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
     io: I,
     state: Arc<H>,
     peer: SocketAddr,
+    idle: Duration,
 ) -> Result<(), BoxError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let activity = limits::Activity::default();
+    let counted = activity.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(state.handle(req, peer).await) }
+        let (state, active) = (state.clone(), counted.begin());
+        async move {
+            let resp = state.handle(req, peer).await;
+            Ok::<_, Infallible>(resp.map(|b| super::body::guarded(b, active)))
+        }
     });
-    watcher
-        .watch(builder.serve_connection(io, service).into_owned())
-        .await
+    let serving = watcher.watch(builder.serve_connection(io, service).into_owned());
+    tokio::select! {
+        r = serving => r,
+        // No request in flight: nothing is lost by closing (a client retries on a new one).
+        () = activity.idle(idle) => {
+            tracing::debug!(%peer, ?idle, "connection closed: idle");
+            Ok(())
+        }
+    }
 }

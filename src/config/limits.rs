@@ -28,6 +28,10 @@ pub struct ConnectionLimits {
     /// HTTP/2 ping interval; a peer that does not answer within it is dropped.
     #[serde(with = "humantime_serde")]
     pub http2_keepalive: Duration,
+    /// A connection (HTTP/1.1 keep-alive or HTTP/2) with no request in progress for this long
+    /// is closed. A transfer in progress, however slow, keeps it open.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -41,6 +45,7 @@ impl Default for ConnectionLimits {
             tcp_keepalive: Duration::from_secs(60),
             http2_max_streams: 128,
             http2_keepalive: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
         }
     }
 }

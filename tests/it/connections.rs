@@ -108,3 +108,53 @@ async fn a_reader_that_takes_nothing_is_dropped_and_its_blob_can_be_evicted() {
     assert!(removal.blobs > 0);
     assert!(!airlock.has_blob(layer), "the blob could be evicted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_but_a_slow_transfer_keeps_its_own() {
+    use support::faulty::{FaultyUpstream, Mode};
+    let up = FaultyUpstream::start();
+    let mut c = config(vec![upstream("docker.io", &up.url())]);
+    c.server.limits.idle_timeout = Duration::from_secs(1);
+    let airlock = Airlock::start(c).await;
+
+    // HTTP/1.1 keep-alive: one request, then nothing.
+    let mut h1 = tokio::net::TcpStream::connect(&airlock.host).await.unwrap();
+    h1.write_all(b"GET /v2/ HTTP/1.1\r\nHost: airlock\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    h1.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(
+        closed_by_peer(&mut h1, Duration::from_secs(20)).await,
+        "an idle keep-alive connection is closed"
+    );
+
+    // HTTP/2 (prior knowledge): the preface and empty settings, then no stream at all.
+    let mut h2 = tokio::net::TcpStream::connect(&airlock.host).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_peer(&mut h2, Duration::from_secs(20)).await,
+        "an idle HTTP/2 connection is closed"
+    );
+
+    // A transfer that takes several idle timeouts keeps its connection to the end.
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let digest = up.add_blob(data.clone());
+    up.set_mode(
+        &digest,
+        Mode::Slow {
+            chunk: 8 * 1024,
+            pause: Duration::from_millis(400),
+        },
+    );
+    let resp = support::airlock::client()
+        .get(format!("{}/v2/org/slow/blobs/{digest}", airlock.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.expect("the whole body").as_ref(), data);
+}
