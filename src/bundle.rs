@@ -132,6 +132,12 @@ pub struct ImportReport {
 /// blobs linked to its repository, its tag recorded and its reference pinned. Callers that
 /// keep hot tag answers must drop those of the returned images.
 pub fn import(cache: &Cache, input: &mut dyn Read, progress: &Progress) -> Result<ImportReport> {
+    // The free-space reserve and failing writes refuse an import as they refuse a download.
+    if let Some(why) = cache.write_trouble() {
+        return Err(crate::error::Error::StorageFull(format!(
+            "the bundle is not imported: {why}"
+        )));
+    }
     let maintenance = cache.maintenance();
     import::import(
         cache.store().as_ref(),

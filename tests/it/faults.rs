@@ -505,4 +505,14 @@ async fn under_the_free_space_reserve_new_downloads_are_refused_and_the_cache_st
         "{text}"
     );
     assert_eq!(airlock.spools(), 0, "nothing was started");
+    // A bundle import is refused the same way, before it reads a byte.
+    let e = airlock::bundle::import(
+        airlock.cache(),
+        &mut std::io::empty(),
+        &airlock::progress::Progress::none(),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(e.contains("not imported") && e.contains("min_free"), "{e}");
 }
