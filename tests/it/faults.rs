@@ -511,8 +511,7 @@ async fn under_the_free_space_reserve_new_downloads_are_refused_and_the_cache_st
         &mut std::io::empty(),
         &airlock::progress::Progress::none(),
     )
-    .err()
-    .expect("refused")
+    .expect_err("refused")
     .to_string();
     assert!(e.contains("not imported") && e.contains("min_free"), "{e}");
 }
