@@ -220,7 +220,15 @@ async fn delete(cache: &Cache, blobs: Vec<(Digest, u64)>, since_ms: u64) -> (usi
                 continue;
             }
             match c.store().remove(&digest) {
-                Ok(true) => removed.push((digest, size)),
+                Ok(true) => {
+                    // Unless a new fill stored it again meanwhile, the index forgets it too.
+                    if matches!(c.store().stat(&digest), Ok(None))
+                        && let Err(e) = c.index().forget_blob(&digest)
+                    {
+                        tracing::warn!(%digest, error = %e, "cannot forget a deleted blob in the index");
+                    }
+                    removed.push((digest, size))
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(%digest, error = %e, "cannot delete a blob"),
             }

@@ -154,6 +154,12 @@ pub trait Index: Send + Sync {
     fn set_blob_info(&self, digest: &Digest, info: &BlobInfo) -> Result<()>;
     /// Record that `digest` belongs to `repo` (fetched for it, or confirmed by its upstream).
     fn link(&self, repo: &Repository, digest: &Digest) -> Result<()>;
+    /// Forget everything recorded about content that was deleted (its size and media type, its
+    /// repository links, its access time), so the index shrinks with the store.
+    fn forget_blob(&self, digest: &Digest) -> Result<()> {
+        let _ = digest;
+        Ok(())
+    }
     /// Whether `digest` belongs to `repo`.
     fn is_linked(&self, repo: &Repository, digest: &Digest) -> Result<bool>;
     /// Every tag record, in key order (registry, repository, tag).

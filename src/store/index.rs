@@ -8,6 +8,7 @@
 //! tags   registry \0 repo \0 tag       -> TagRecord (JSON)
 //! blobs  digest                        -> BlobInfo (JSON)
 //! links  registry \0 repo \0 digest    -> ""
+//! owners digest \0 registry \0 repo    -> ""   (the links by digest, to forget them)
 //! access digest                        -> last use, ms since epoch (u64 big-endian)
 //! pins   image reference               -> "" or the manifest digest it named when pinned
 //! pulls  registry \0 repo \0 digest    -> first pull by digest, ms since epoch (u64 BE)
@@ -57,6 +58,8 @@ struct Trees {
     tags: sled::Tree,
     blobs: sled::Tree,
     links: sled::Tree,
+    /// The links again, keyed by digest first (key: digest, registry, name).
+    owners: sled::Tree,
     access: sled::Tree,
     pins: sled::Tree,
     /// Manifests pulled by digest, per repository (key: registry, name, digest).
@@ -76,6 +79,31 @@ fn split_key(key: &[u8]) -> Option<(&str, &str, &str)> {
     let key = std::str::from_utf8(key).ok()?;
     let mut parts = key.splitn(3, '\0');
     Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+/// `digest \0 registry \0 repo`: a link found by its digest.
+fn owner_key(digest: &Digest, repo: &Repository) -> Vec<u8> {
+    format!("{digest}\0{}\0{}", repo.registry, repo.name).into_bytes()
+}
+
+/// Remove what the trees say about `digest`; whether there was anything.
+fn forget(t: &Trees, digest: &Digest) -> sled::Result<bool> {
+    let d = digest.to_string();
+    let mut had = t.blobs.remove(d.as_bytes())?.is_some();
+    had |= t.access.remove(d.as_bytes())?.is_some();
+    let prefix = format!("{d}\0");
+    for key in t.owners.scan_prefix(prefix.as_bytes()).keys() {
+        let key = key?;
+        let rest = &key[prefix.len()..];
+        // registry \0 repo  ->  registry \0 repo \0 digest
+        let mut link = rest.to_vec();
+        link.push(0);
+        link.extend_from_slice(d.as_bytes());
+        t.links.remove(link)?;
+        t.owners.remove(&key)?;
+        had = true;
+    }
+    Ok(had)
 }
 
 fn parse_repo(registry: &str, name: &str) -> Option<Repository> {
@@ -285,11 +313,26 @@ impl Index for SledIndex {
     fn link(&self, repo: &Repository, digest: &Digest) -> Result<()> {
         let key = repo_key(repo, &digest.to_string());
         self.write(
-            |t| t.links.insert(&key, &[]),
+            |t| {
+                t.owners.insert(owner_key(digest, repo), &[])?;
+                t.links.insert(&key, &[])
+            },
             |old| {
                 old.is_none().then(|| Record::Link {
                     registry: repo.registry.to_string(),
                     name: repo.name.to_string(),
+                    digest: digest.clone(),
+                })
+            },
+        )?;
+        Ok(())
+    }
+
+    fn forget_blob(&self, digest: &Digest) -> Result<()> {
+        self.write(
+            |t| forget(t, digest),
+            |&had| {
+                had.then(|| Record::Forget {
                     digest: digest.clone(),
                 })
             },

@@ -66,6 +66,8 @@ pub enum Record {
         name: String,
         digest: Digest,
     },
+    /// Content deleted: its descriptor, links and access time are forgotten.
+    Forget { digest: Digest },
     /// A pinned reference, with the manifest it remembered.
     Pin {
         reference: String,

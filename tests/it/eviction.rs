@@ -224,6 +224,10 @@ async fn a_blob_being_served_survives_evict_remove_and_collect() {
     );
     assert!(!airlock.has_blob(&small.layers[0].digest));
     assert!(airlock.has_blob(&layer.digest));
+    // The index forgets what was deleted, and keeps what was not.
+    let small_layer: airlock::oci::Digest = small.layers[0].digest.parse().unwrap();
+    assert_eq!(cache.index().blob_info(&small_layer).unwrap(), None);
+    assert!(cache.index().blob_info(&digest).unwrap().is_some());
 
     let removal = gc::remove(cache, &image_ref("inuse/big:v1"))
         .await

@@ -2,7 +2,9 @@
 //! corrupt index from the journal, keeping the journal compact, and reopening the database
 //! after a failed write (sled keeps an I/O error sticky until it is opened again).
 
-use super::{SledIndex, Trees, be_u64, err, parse_repo, repo_key, split_key, to_json};
+use super::{
+    SledIndex, Trees, be_u64, err, forget, owner_key, parse_repo, repo_key, split_key, to_json,
+};
 use crate::error::{Error, Result};
 use crate::store::journal::{Journal, Record};
 use crate::store::{BlobInfo, Index, TagRecord};
@@ -62,6 +64,7 @@ fn open_db(path: &Path) -> std::result::Result<Trees, OpenFailure> {
         tags: tree("tags")?,
         blobs: tree("blobs")?,
         links: tree("links")?,
+        owners: tree("owners")?,
         access: tree("access")?,
         pins: tree("pins")?,
         pulls: tree("pulls")?,
@@ -134,6 +137,7 @@ impl SledIndex {
             );
         }
         index.read(|t| t.meta.insert("schema", SCHEMA).map_err(err))?;
+        index.read(backfill_owners)?;
         // A directory from before the journal, or a journal grown well past its snapshot.
         let snapshot = index.read(|t| t.meta.get("journal_snapshot").map_err(err))?;
         let snapshot = snapshot.and_then(|v| be_u64(&v));
@@ -278,6 +282,24 @@ impl SledIndex {
     }
 }
 
+/// An index from before the `owners` tree: fill it from the links, once.
+fn backfill_owners(t: &Trees) -> Result<()> {
+    if !t.owners.is_empty() || t.links.is_empty() {
+        return Ok(());
+    }
+    for key in t.links.iter().keys() {
+        let key = key.map_err(err)?;
+        if let Some((r, n, d)) = split_key(&key)
+            && let (Some(repo), Ok(digest)) = (parse_repo(r, n), d.parse())
+        {
+            t.owners
+                .insert(owner_key(&digest, &repo), &[])
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
 fn locked(data: &Path, e: &str) -> Error {
     Error::internal(format!(
         "the data directory {} is in use by another airlock (its index is locked: {e}): stop that one, or give this one another storage.path",
@@ -409,6 +431,7 @@ fn apply(t: &Trees, r: &Record) -> sled::Result<()> {
             digest,
         } => {
             if let Some(repo) = repo(registry, name) {
+                t.owners.insert(owner_key(digest, &repo), &[])?;
                 t.links.insert(repo_key(&repo, &digest.to_string()), &[])?;
             }
         }
@@ -431,6 +454,9 @@ fn apply(t: &Trees, r: &Record) -> sled::Result<()> {
             if let Some(repo) = repo(registry, name) {
                 t.pulls.remove(repo_key(&repo, &digest.to_string()))?;
             }
+        }
+        Record::Forget { digest } => {
+            forget(t, digest)?;
         }
         Record::Pin { reference, digest } => {
             let value = digest.as_ref().map(|d| d.to_string()).unwrap_or_default();

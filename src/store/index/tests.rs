@@ -243,3 +243,47 @@ fn revalidations_do_not_grow_the_journal() {
         .len();
     assert_eq!(before, after);
 }
+
+#[test]
+fn deleted_content_is_forgotten_and_stays_forgotten_after_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index");
+    let idx = SledIndex::open(&path).unwrap();
+    let (a, b) = (repo("docker.io", "library/a"), repo("ghcr.io", "org/b"));
+    let (gone, kept) = (Digest::of(b"gone"), Digest::of(b"kept"));
+    let info = BlobInfo {
+        size: 4,
+        media_type: None,
+    };
+    for d in [&gone, &kept] {
+        idx.link(&a, d).unwrap();
+        idx.link(&b, d).unwrap();
+        idx.set_blob_info(d, &info).unwrap();
+        idx.touch(d).unwrap();
+    }
+    idx.forget_blob(&gone).unwrap();
+    let check = |idx: &SledIndex| {
+        assert!(!idx.is_linked(&a, &gone).unwrap() && !idx.is_linked(&b, &gone).unwrap());
+        assert_eq!(idx.blob_info(&gone).unwrap(), None);
+        assert_eq!(idx.last_access(&gone).unwrap(), None);
+        assert!(idx.is_linked(&a, &kept).unwrap() && idx.is_linked(&b, &kept).unwrap());
+        assert_eq!(idx.blob_info(&kept).unwrap(), Some(info.clone()));
+    };
+    check(&idx);
+    idx.flush().unwrap();
+    drop(idx);
+    std::fs::remove_dir_all(&path).unwrap();
+    let idx = SledIndex::open(&path).unwrap();
+    assert!(
+        !idx.is_linked(&a, &gone).unwrap(),
+        "the journal replays the forget"
+    );
+    assert_eq!(idx.blob_info(&gone).unwrap(), None);
+    assert!(idx.is_linked(&b, &kept).unwrap());
+    // And an index from before the owners tree learns them at open.
+    idx.read(|t| t.owners.clear().map_err(err)).unwrap();
+    drop(idx);
+    let idx = SledIndex::open(&path).unwrap();
+    idx.forget_blob(&kept).unwrap();
+    assert!(!idx.is_linked(&a, &kept).unwrap() && !idx.is_linked(&b, &kept).unwrap());
+}
