@@ -224,11 +224,16 @@ impl SledIndex {
         if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
             return false;
         }
-        *last = Some(Instant::now());
         let free = rustix::fs::statvfs(&self.path)
             .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
             .unwrap_or(0);
-        free >= REOPEN_MIN_FREE
+        // Only a reopen that is tried counts against the interval: the first write after
+        // space comes back reopens at once.
+        let due = free >= REOPEN_MIN_FREE;
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     /// Close and reopen the database, clearing a sticky write error. Readers wait meanwhile;
