@@ -110,7 +110,10 @@ fn receive(
         let kind = entry.header().entry_type();
         match layout::classify(&path)? {
             Entry::Marker => rx.marker = Some(read_small(&mut entry, &path, 4096)?),
-            Entry::Index => rx.index = Some(read_small(&mut entry, &path, MAX_MANIFEST_BYTES)?),
+            Entry::Index => {
+                let limit = index_limit(rx.new.len() + rx.known.len());
+                rx.index = Some(read_small(&mut entry, &path, limit)?)
+            }
             Entry::Blob(digest) => {
                 if !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
                     return Err(Error::Unsupported(format!(
@@ -196,6 +199,13 @@ fn copy(
             progress.advance(UNIT, rx.bytes, None);
         }
     }
+}
+
+/// Bytes `index.json` may have after `blobs` blobs: it comes last and names images whose
+/// manifests came before it, so its bound grows with them (a descriptor with its annotations
+/// takes a few hundred bytes; 1 KiB per blob is generous), over a floor for the empty bundle.
+fn index_limit(blobs: usize) -> usize {
+    MAX_MANIFEST_BYTES.saturating_add(blobs.saturating_mul(1024))
 }
 
 /// A small entry (`oci-layout`, `index.json`), bounded.

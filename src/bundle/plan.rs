@@ -36,7 +36,9 @@ pub fn plan(
         match image(store, index, &wanted.reference, &mut own, &mut notes) {
             Ok(entry) => {
                 entries.push(entry);
-                blobs.append(&mut own);
+                // extend, not append: BTreeMap::append rebuilds the whole map each time,
+                // which made planning quadratic in the number of images.
+                blobs.extend(own);
             }
             Err(e) if !wanted.explicit => notes.push(format!("{name} left out: {e}")),
             Err(e) => return Err(e),

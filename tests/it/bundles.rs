@@ -5,6 +5,7 @@
 //! refused and leaves the target cache exactly as it was.
 
 mod archive;
+mod large;
 use crate::support;
 
 use airlock::bundle::{self, Selection};

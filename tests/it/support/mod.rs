@@ -34,6 +34,7 @@ pub mod registry;
 pub mod runtimes;
 pub mod server;
 pub mod skopeo;
+pub mod tmpfs;
 pub mod token;
 pub mod tools;
 
