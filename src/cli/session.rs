@@ -121,8 +121,18 @@ impl Session {
             .await?;
         let mut lines = resp.bytes_stream();
         let mut buf = Vec::new();
+        // The server may close the connection right after it said why it failed (an import
+        // refused while the upload was still going): that reason is the error, alone.
+        let mut failure: Option<String> = None;
+        let failed = |failure: Option<String>, otherwise: &str| match failure {
+            Some(why) => Ok((false, serde_json::json!({ "error": why }))),
+            None => Err(anyhow::anyhow!("{otherwise}")),
+        };
         while let Some(chunk) = lines.next().await {
-            buf.extend_from_slice(&chunk.context("the admin API connection broke")?);
+            let Ok(chunk) = chunk else {
+                return failed(failure, "the admin API connection broke");
+            };
+            buf.extend_from_slice(&chunk);
             while let Some(end) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=end).collect();
                 let event: Event = serde_json::from_slice(&line)
@@ -130,10 +140,18 @@ impl Session {
                 if let Event::Report { ok, report } = event {
                     return Ok((ok, report));
                 }
+                if let Event::End {
+                    ok: false,
+                    message: Some(why),
+                    ..
+                } = &event
+                {
+                    failure = Some(why.clone());
+                }
                 on(&event);
             }
         }
-        bail!("the admin API ended without a report")
+        failed(failure, "the admin API ended without a report")
     }
 
     /// POST JSON and stream the answer's bytes (an export archive) to `on_chunk`; returns the

@@ -110,9 +110,11 @@ async fn bundles_carry_images_to_an_airlock_without_upstream() {
         "a flipped byte is refused: {}",
         text(&out)
     );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("unchanged"), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unchanged"),
-        "{}",
+        !said.contains("connection broke"),
+        "the reason, alone: {}",
         text(&out)
     );
     let ls = far.cli(&["cache", "ls", "--json"]).await;
