@@ -107,15 +107,28 @@ pub struct Stall<I> {
     inner: I,
     limit: Duration,
     since: Option<Pin<Box<tokio::time::Sleep>>>,
+    activity: Activity,
 }
 
 impl<I> Stall<I> {
-    /// Wrap `inner`.
-    pub fn new(inner: I, limit: Duration) -> Stall<I> {
+    /// Wrap `inner`; writes are reported to `activity` (a connection still writing is not
+    /// idle, even after its last response body was handed over).
+    pub fn new(inner: I, limit: Duration, activity: Activity) -> Stall<I> {
         Stall {
             inner,
             limit,
             since: None,
+            activity,
+        }
+    }
+
+    /// Bytes went out: the connection is busy (a flush with nothing to write does not count:
+    /// hyper flushes whenever its task is polled).
+    fn wrote_bytes(&self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled
+            && *n > 0
+        {
+            self.activity.wrote();
         }
     }
 
@@ -127,9 +140,11 @@ impl<I> Stall<I> {
         match polled {
             Poll::Ready(r) => {
                 self.since = None;
+                self.activity.0.blocked.store(false, Ordering::SeqCst);
                 Poll::Ready(r)
             }
             Poll::Pending => {
+                self.activity.0.blocked.store(true, Ordering::SeqCst);
                 let limit = self.limit;
                 let timer = self
                     .since
@@ -165,6 +180,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Stall<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote_bytes(&polled);
         self.check(cx, polled)
     }
 
@@ -174,6 +190,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Stall<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote_bytes(&polled);
         self.check(cx, polled)
     }
 
@@ -222,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_makes_no_progress_times_out() {
         let (client, server) = tokio::io::duplex(1024);
-        let mut s = Stall::new(server, Duration::from_millis(50));
+        let mut s = Stall::new(server, Duration::from_millis(50), Activity::default());
         let big = vec![0u8; 64 << 10];
         use tokio::io::AsyncWriteExt;
         let e = s.write_all(&big).await.unwrap_err();
@@ -243,7 +260,7 @@ mod tests {
             }
             n
         });
-        let mut s = Stall::new(server, Duration::from_millis(200));
+        let mut s = Stall::new(server, Duration::from_millis(200), Activity::default());
         s.write_all(&vec![1u8; 16 << 10])
             .await
             .expect("progress, however slow");
@@ -257,6 +274,8 @@ pub struct Activity(Arc<ActivityInner>);
 
 struct ActivityInner {
     active: AtomicUsize,
+    /// A write is waiting for the client to take bytes.
+    blocked: std::sync::atomic::AtomicBool,
     since: Mutex<Instant>,
 }
 
@@ -267,6 +286,7 @@ impl Default for Activity {
     fn default() -> Self {
         Activity(Arc::new(ActivityInner {
             active: AtomicUsize::new(0),
+            blocked: std::sync::atomic::AtomicBool::new(false),
             since: Mutex::new(Instant::now()),
         }))
     }
@@ -279,9 +299,16 @@ impl Activity {
         Active(self.0.clone())
     }
 
-    /// How long the connection has had no request in progress (`None` while it has one).
+    /// Bytes went out to the client.
+    fn wrote(&self) {
+        self.0.blocked.store(false, Ordering::SeqCst);
+        *self.0.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long the connection has had no request in progress and written nothing (`None`
+    /// while it has a request, or bytes still waiting to go out).
     pub fn idle_for(&self) -> Option<Duration> {
-        if self.0.active.load(Ordering::SeqCst) > 0 {
+        if self.0.active.load(Ordering::SeqCst) > 0 || self.0.blocked.load(Ordering::SeqCst) {
             return None;
         }
         Some(
@@ -293,8 +320,11 @@ impl Activity {
         )
     }
 
-    /// Resolves once the connection has been idle for `timeout`.
+    /// Resolves once the connection has been idle for `timeout` (never when it is zero).
     pub async fn idle(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            return std::future::pending().await;
+        }
         let step = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             tokio::time::sleep(step).await;

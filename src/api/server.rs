@@ -94,8 +94,9 @@ pub async fn serve<H: Handle>(
                 tracing::debug!(%peer, "connection closed: nothing sent");
                 return;
             }
-            let stream = Stall::new(stream, l.stall_timeout);
-            let idle = l.idle_timeout;
+            let activity = limits::Activity::default();
+            let stream = Stall::new(stream, l.stall_timeout, activity.clone());
+            let idle = (l.idle_timeout, activity);
             let result = match tls {
                 None => {
                     connection(&builder, watcher, TokioIo::new(stream), state, peer, idle).await
@@ -134,12 +135,11 @@ async fn connection<I, H: Handle>(
     io: I,
     state: Arc<H>,
     peer: SocketAddr,
-    idle: Duration,
+    (idle, activity): (Duration, limits::Activity),
 ) -> Result<(), BoxError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let activity = limits::Activity::default();
     let counted = activity.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let (state, active) = (state.clone(), counted.begin());

@@ -29,7 +29,7 @@ pub struct ConnectionLimits {
     #[serde(with = "humantime_serde")]
     pub http2_keepalive: Duration,
     /// A connection (HTTP/1.1 keep-alive or HTTP/2) with no request in progress for this long
-    /// is closed. A transfer in progress, however slow, keeps it open.
+    /// is closed. A transfer in progress, however slow, keeps it open. Zero: never.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
 }
