@@ -203,7 +203,10 @@ impl HttpUpstream {
                 .follow(&method, url.clone(), accept, timeout, auth.as_ref())
                 .await?;
         }
-        if let Some(r) = self.budget.observe(resp.headers()) {
+        // The budget is the registry's own word, not a CDN's it redirected to.
+        if resp.url().origin() == self.base.origin()
+            && let Some(r) = self.budget.observe(resp.headers())
+        {
             let m = &self.metrics;
             let label = m.registry_label(&self.registry);
             m.upstream_ratelimit

@@ -4,9 +4,9 @@
 //! site's own network. Checked as the connection is made, so a name that changes its answer
 //! between a check and the connection (DNS rebinding) gains nothing.
 //!
-//! The upstream's own host and its token hosts are exempt. And if the upstream's own name
-//! resolves to an internal address, the upstream lives inside, and nothing is filtered: a
-//! registry on the site's network may well redirect to storage on it.
+//! Token hosts are exempt. If every address of the upstream's own name is internal, the
+//! upstream lives inside, and nothing is filtered: a registry on the site's network may well
+//! redirect to storage on it. Otherwise internal addresses are dropped from its own name too.
 
 use super::trust::internal_ip;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -52,23 +52,26 @@ impl Resolve for OutsideOnly {
         );
         Box::pin(async move {
             let addrs = lookup(&host).await?;
+            // Inside only when every address of its own name is: a public registry that also
+            // publishes one internal address does not switch the guard off.
+            let all_inside =
+                |a: &[SocketAddr]| !a.is_empty() && a.iter().all(|a| internal_ip(a.ip()));
             if host == own {
-                let inside = addrs.iter().any(|a| internal_ip(a.ip()));
+                let inside = all_inside(&addrs);
                 lives.store(if inside { INSIDE } else { OUTSIDE }, Ordering::Relaxed);
+                if inside {
+                    return Ok(Box::new(addrs.into_iter()) as Addrs);
+                }
+            } else if exempt {
                 return Ok(Box::new(addrs.into_iter()) as Addrs);
-            }
-            if exempt {
-                return Ok(Box::new(addrs.into_iter()) as Addrs);
-            }
-            if lives.load(Ordering::Relaxed) == UNKNOWN {
-                let inside = lookup(&own)
-                    .await
-                    .map(|a| a.iter().any(|a| internal_ip(a.ip())))
-                    .unwrap_or(false);
-                lives.store(if inside { INSIDE } else { OUTSIDE }, Ordering::Relaxed);
-            }
-            if lives.load(Ordering::Relaxed) == INSIDE {
-                return Ok(Box::new(addrs.into_iter()) as Addrs);
+            } else {
+                if lives.load(Ordering::Relaxed) == UNKNOWN {
+                    let inside = lookup(&own).await.map(|a| all_inside(&a)).unwrap_or(false);
+                    lives.store(if inside { INSIDE } else { OUTSIDE }, Ordering::Relaxed);
+                }
+                if lives.load(Ordering::Relaxed) == INSIDE {
+                    return Ok(Box::new(addrs.into_iter()) as Addrs);
+                }
             }
             let outside: Vec<SocketAddr> = addrs
                 .iter()

@@ -25,14 +25,31 @@ const WELL_KNOWN_REALMS: &[(&str, &str)] = &[
 pub fn internal_ip(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || a == 0 // "this network", 0.0.0.0/8
+                || (a == 100 && (b & 0xc0) == 64) // shared address space 100.64/10 (CGNAT, cloud metadata)
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let seg = v6.segments();
+            let embedded = || {
+                IpAddr::from([
+                    (seg[6] >> 8) as u8,
+                    seg[6] as u8,
+                    (seg[7] >> 8) as u8,
+                    seg[7] as u8,
+                ])
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local
+                || (seg[0] & 0xffc0) == 0xfe80 // link local
+                // NAT64 (64:ff9b::/96) and IPv4-compatible (::a.b.c.d) addresses reach the
+                // IPv4 address they embed.
+                || ((seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || seg[..6] == [0; 6])
+                    && internal_ip(embedded()))
         }
     }
 }
@@ -125,6 +142,30 @@ mod tests {
 
     fn u(s: &str) -> Url {
         Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn internal_addresses_include_the_ones_hidden_in_other_forms() {
+        for ip in [
+            "10.1.2.3",
+            "0.1.2.3",
+            "100.100.100.200",
+            "169.254.169.254",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "::10.0.0.1",
+            "fd00::1",
+        ] {
+            assert!(internal_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "203.0.113.10",
+            "100.128.0.1",
+            "64:ff9b::cb00:710a",
+            "2001:db8::1",
+        ] {
+            assert!(!internal_ip(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]
