@@ -169,6 +169,8 @@ impl Cache {
     /// Why new content cannot be stored right now (index writes fail, or the disk is under
     /// the free-space reserve); `None` when it can. Cached content is served either way.
     pub fn write_trouble(&self) -> Option<String> {
+        self.inner.index.probe_writes();
+        self.inner.store.probe_writes();
         if let Some(why) = self.inner.index.write_failure() {
             return Some(why);
         }

@@ -57,6 +57,10 @@ pub trait BlobStore: Send + Sync {
         None
     }
 
+    /// While writes are failing, try a small one, so that a cache no client writes to (taken
+    /// out of service by its failing readiness, or offline) still learns they work again.
+    fn probe_writes(&self) {}
+
     /// Bytes free for new content where the store writes (`None` when it cannot tell).
     fn available(&self) -> io::Result<Option<u64>> {
         Ok(None)
@@ -189,6 +193,8 @@ pub trait Index: Send + Sync {
     fn write_failure(&self) -> Option<String> {
         None
     }
+    /// While writes are failing, try a small one (see [`BlobStore::probe_writes`]).
+    fn probe_writes(&self) {}
     /// Make everything written so far durable.
     fn flush(&self) -> Result<()>;
 }

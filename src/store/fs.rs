@@ -111,6 +111,23 @@ impl BlobStore for FsStore {
         self.health.failure()
     }
 
+    fn probe_writes(&self) {
+        if self.health.failure().is_none() {
+            return;
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("probe.{}.{n}", std::process::id()));
+        let probe = (|| {
+            let mut f = File::create(&path)?;
+            f.write_all(&[0u8; 4096])?;
+            f.sync_all()
+        })();
+        let _ = fs::remove_file(&path);
+        if probe.is_ok() {
+            self.health.works();
+        }
+    }
+
     fn spooled(&self) -> io::Result<u64> {
         fn size(dir: &Path) -> io::Result<u64> {
             let mut total = 0;

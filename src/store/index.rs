@@ -133,13 +133,25 @@ impl SledIndex {
     /// failed write they can fail with the same sticky I/O error: that reopens it too.
     fn read<T>(&self, f: impl Fn(&Trees) -> Result<T>) -> Result<T> {
         let first = self.read_once(&f);
-        match first {
-            Err(e) if e.to_string().contains("IO error") && self.reopen_due() => {
-                self.reopen();
-                self.read_once(&f)
-            }
-            r => r,
+        let Err(e) = &first else { return first };
+        let closed = self
+            .trees
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if !(closed || e.to_string().contains("IO error")) {
+            return first;
         }
+        // Reopen only holding the write order, so no write is between its sled insert and its
+        // journal append; a writer holding it now reopens on its own failure.
+        let Ok(_order) = self.writes.try_lock() else {
+            return first;
+        };
+        if !self.reopen_due() {
+            return first;
+        }
+        self.reopen();
+        self.read_once(&f)
     }
 
     fn read_once<T>(&self, f: &impl Fn(&Trees) -> Result<T>) -> Result<T> {
@@ -513,9 +525,20 @@ impl Index for SledIndex {
             .map(|(since, why)| format!("index writes fail since {:?} ago: {why}", since.elapsed()))
     }
 
+    fn probe_writes(&self) {
+        if self.write_failure().is_some() {
+            let now = now_ms().to_be_bytes();
+            let _ = self.write(|t| t.meta.insert("probe", &now), |_| None);
+        }
+    }
+
     fn flush(&self) -> Result<()> {
-        self.read(|t| t.db.flush().map_err(err))?;
         self.journal.sync().map_err(err)?;
+        let len = self.journal.size().map_err(err)?;
+        self.read(|t| t.db.flush().map_err(err))?;
+        // Everything journaled before the flush is in sled's durable state now.
+        self.mark_applied(len)?;
+        self.read(|t| t.db.flush().map_err(err))?;
         Ok(())
     }
 }

@@ -124,11 +124,22 @@ impl Journal {
 
     /// Read every record of the journal at `path` (none when there is no file).
     pub fn read(path: &Path) -> io::Result<Replay> {
-        let file = match File::open(path) {
+        Journal::read_from(path, 0)
+    }
+
+    /// Read the records from byte `from` on (an end the index recorded; past the end of a
+    /// journal rewritten since, nothing).
+    pub fn read_from(path: &Path, from: u64) -> io::Result<Replay> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replay::default()),
             Err(e) => return Err(e),
         };
+        if from > file.metadata()?.len() {
+            return Ok(Replay::default());
+        }
+        file.seek(SeekFrom::Start(from))?;
         let mut out = Replay::default();
         for line in BufReader::new(file).split(b'\n') {
             let line = line?;

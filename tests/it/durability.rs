@@ -239,6 +239,8 @@ async fn a_full_disk_fails_new_downloads_keeps_serving_and_recovers_without_a_re
 
     // Space comes back: new content is taken again, with no restart.
     std::fs::remove_file(filler).unwrap();
+    // Nothing has written since: /readyz tries a small write itself, and is ready again.
+    assert_eq!(readyz(&daemon).await, (200, "ready\n".to_string()));
     daemon.pull("org/big:v1", &big).await;
     daemon.pull("org/later:v1", &later).await;
     let out = daemon.cli(&["cache", "pin", "org/later:v1"]).await;

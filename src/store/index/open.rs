@@ -42,23 +42,32 @@ pub struct Reindexed {
 enum OpenFailure {
     /// Another process holds its lock.
     Locked(String),
-    /// Anything else: damage, a foreign format, an I/O error.
+    /// Damage or a foreign format: what a rebuild from the journal is for.
     Broken(String),
+    /// The system refused (no space, no permission, no file descriptors): moving the index
+    /// aside would not help, and would cost space on a disk that may be full.
+    Io(String),
+}
+
+fn classify(e: sled::Error) -> OpenFailure {
+    let text = e.to_string();
+    match e {
+        _ if text.contains("could not acquire lock") => OpenFailure::Locked(text),
+        sled::Error::Io(io)
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            OpenFailure::Io(text)
+        }
+        _ => OpenFailure::Broken(text),
+    }
 }
 
 fn open_db(path: &Path) -> std::result::Result<Trees, OpenFailure> {
-    let db = sled::Config::new().path(path).open().map_err(|e| {
-        let text = e.to_string();
-        if text.contains("could not acquire lock") {
-            OpenFailure::Locked(text)
-        } else {
-            OpenFailure::Broken(text)
-        }
-    })?;
-    let tree = |name: &str| {
-        db.open_tree(name)
-            .map_err(|e| OpenFailure::Broken(e.to_string()))
-    };
+    let db = sled::Config::new().path(path).open().map_err(classify)?;
+    let tree = |name: &str| db.open_tree(name).map_err(classify);
     Ok(Trees {
         meta: tree("meta")?,
         tags: tree("tags")?,
@@ -87,6 +96,7 @@ impl SledIndex {
         let (trees, kept_aside) = match open_db(path) {
             Ok(t) => (t, None),
             Err(OpenFailure::Locked(e)) => return Err(locked(data, &e)),
+            Err(OpenFailure::Io(e)) => return Err(io_refused(path, &e)),
             Err(OpenFailure::Broken(e)) if had_journal => {
                 let aside = path.with_file_name(format!("index.corrupt-{}", stamp()));
                 tracing::error!(
@@ -124,6 +134,19 @@ impl SledIndex {
             last_reopen: Mutex::new(None),
             touched: Mutex::new(Default::default()),
         };
+        if !fresh && had_journal {
+            // A crash loses sled's last unflushed writes; the journal has every write reported
+            // done: apply what came after the last point sled was known durable.
+            let from = index.read(|t| t.meta.get("journal_applied").map_err(err))?;
+            let from = from.and_then(|v| be_u64(&v)).unwrap_or(0);
+            let n = index.catch_up(from)?;
+            if n > 0 {
+                tracing::info!(
+                    records = n,
+                    "applied journal records the index had not made durable"
+                );
+            }
+        }
         if fresh && had_journal {
             let mut done = index.rebuild(&journal_path)?;
             done.kept_aside = kept_aside;
@@ -164,7 +187,7 @@ impl SledIndex {
         match open_db(&path) {
             Err(OpenFailure::Locked(e)) => return Err(locked(data, &e)),
             Ok(t) => drop(t),
-            Err(OpenFailure::Broken(_)) => {}
+            Err(OpenFailure::Broken(_) | OpenFailure::Io(_)) => {}
         }
         let aside = data.join(format!("index.old-{}", stamp()));
         if path.exists() {
@@ -181,6 +204,28 @@ impl SledIndex {
             std::fs::remove_dir_all(&aside).map_err(err)?;
         }
         Ok(done)
+    }
+
+    /// Apply the journal's records from byte `from` on; how many there were.
+    fn catch_up(&self, from: u64) -> Result<usize> {
+        let replay = Journal::read_from(self.journal.path(), from).map_err(err)?;
+        self.read(|t| {
+            for r in &replay.records {
+                apply(t, r).map_err(err)?;
+            }
+            Ok(())
+        })?;
+        Ok(replay.records.len())
+    }
+
+    /// The journal is reflected in sled up to its current end (sled was just flushed).
+    pub(super) fn mark_applied(&self, len: u64) -> Result<()> {
+        self.read(|t| {
+            t.meta
+                .insert("journal_applied", &len.to_be_bytes())
+                .map_err(err)
+        })?;
+        Ok(())
     }
 
     /// Apply every journal record to this (empty) index.
@@ -244,8 +289,16 @@ impl SledIndex {
         match open_db(&self.path) {
             Ok(t) => {
                 // sled drops writes it had accepted but could not flush; the journal has every
-                // write reported done, so apply it again (records are states: idempotent).
-                let replayed = Journal::read(self.journal.path())
+                // write reported done, so apply what came after sled was last known durable
+                // (records are states: applying one again is harmless).
+                let from = t
+                    .meta
+                    .get("journal_applied")
+                    .ok()
+                    .flatten()
+                    .and_then(|v| be_u64(&v))
+                    .unwrap_or(0);
+                let replayed = Journal::read_from(self.journal.path(), from)
                     .map_err(err)
                     .and_then(|r| {
                         for rec in &r.records {
@@ -265,7 +318,7 @@ impl SledIndex {
                     }
                 }
             }
-            Err(OpenFailure::Locked(e) | OpenFailure::Broken(e)) => {
+            Err(OpenFailure::Locked(e) | OpenFailure::Broken(e) | OpenFailure::Io(e)) => {
                 tracing::error!(index = %self.path.display(), error = %e, "could not reopen the index");
                 *self.failing.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((Instant::now(), format!("reopening failed: {e}")));
@@ -281,6 +334,9 @@ impl SledIndex {
         self.read(|t| {
             t.meta
                 .insert("journal_snapshot", &len.to_be_bytes())
+                .map_err(err)?;
+            t.meta
+                .insert("journal_applied", &len.to_be_bytes())
                 .map_err(err)
         })?;
         Ok(())
@@ -312,9 +368,17 @@ fn locked(data: &Path, e: &str) -> Error {
     ))
 }
 
+fn io_refused(path: &Path, e: &str) -> Error {
+    Error::internal(format!(
+        "cannot open the index at {}: {e}: free space, fix permissions or raise the open-file limit, then start again",
+        path.display()
+    ))
+}
+
 fn failure(data: &Path, f: OpenFailure) -> Error {
     match f {
         OpenFailure::Locked(e) => locked(data, &e),
+        OpenFailure::Io(e) => io_refused(&data.join("index"), &e),
         OpenFailure::Broken(e) => Error::internal(format!("cannot create a new index: {e}")),
     }
 }

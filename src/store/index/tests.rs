@@ -287,3 +287,25 @@ fn deleted_content_is_forgotten_and_stays_forgotten_after_a_rebuild() {
     idx.forget_blob(&kept).unwrap();
     assert!(!idx.is_linked(&a, &kept).unwrap() && !idx.is_linked(&b, &kept).unwrap());
 }
+
+#[test]
+fn writes_sled_lost_in_a_crash_are_applied_again_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index");
+    let idx = SledIndex::open(&path).unwrap();
+    idx.set_pinned("docker.io/library/before:1", true).unwrap();
+    idx.flush().unwrap();
+    idx.set_pinned("docker.io/library/after:1", true).unwrap();
+    // sled loses what it had not flushed (a kill -9): here, by hand, past the journal.
+    idx.read(|t| {
+        t.pins.remove("docker.io/library/after:1").map_err(err)?;
+        t.db.flush().map_err(err)
+    })
+    .unwrap();
+    drop(idx);
+    let idx = SledIndex::open(&path).unwrap();
+    assert_eq!(
+        idx.pins().unwrap(),
+        vec!["docker.io/library/after:1", "docker.io/library/before:1"]
+    );
+}
