@@ -164,10 +164,12 @@ impl Admin {
 
     fn preload(&self, request: preload::Request) -> Answer {
         let (cache, default, cap) = (self.cache.clone(), self.default_registry.clone(), self.cap);
-        Ok(stream_events("preload", move |progress| async move {
+        Ok(stream_events("preload", true, move |progress| async move {
             let report = preload::preload(&cache, &default, &request, &progress).await;
+            // Eviction is not the client's to cancel: it holds the maintenance lock and
+            // deletes in the blocking pool, so it runs to its end on its own.
             if let Some(cap) = cap {
-                let _ = gc::evict(&cache, cap).await;
+                let _ = tokio::spawn(async move { gc::evict(&cache, cap).await }).await;
             }
             Event::Report {
                 ok: report.ok,
@@ -218,9 +220,17 @@ impl Admin {
             ));
         }
         let cache = self.cache.clone();
-        Ok(stream_events("verify", move |progress| async move {
+        /// Clears the flag however the verify ends (cancelled by its client included).
+        struct Done(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let done = Done(running);
+        Ok(stream_events("verify", true, move |progress| async move {
+            let _done = done;
             let result = gc::verify(&cache, &progress).await;
-            running.store(false, Ordering::SeqCst);
             match result {
                 Ok(r) => Event::Report {
                     ok: r.corrupt.is_empty(),
@@ -280,7 +290,9 @@ impl Admin {
             .into_body()
             .into_data_stream()
             .map(|r| r.map_err(io::Error::other));
-        stream_events("import", move |progress| async move {
+        // Not cancelled with its client: a broken upload already fails the import, and once
+        // the batch is published its invalidations and eviction must follow.
+        stream_events("import", false, move |progress| async move {
             let reader = tokio_util::io::StreamReader::new(body);
             let cache2 = cache.clone();
             let imported = tokio::task::spawn_blocking(move || {
@@ -415,10 +427,10 @@ fn json<T: Serialize>(value: &T) -> Response<Body> {
 }
 
 /// Run `op` with a progress sender and answer with its events as JSON lines; the last line is
-/// the event `op` returns. A client that goes away (a CLI stopped with Ctrl-C) cancels `op`:
-/// what it did stays done (downloads it started and others share run on), the rest is not
-/// started. Work already in the blocking pool (an import's last step) runs to its end.
-fn stream_events<F, Fut>(what: &'static str, op: F) -> Response<Body>
+/// the event `op` returns. When `cancellable`, a client that goes away (a CLI stopped with
+/// Ctrl-C) cancels `op`: what it did stays done (downloads it started and others share run
+/// on), the rest is not started.
+fn stream_events<F, Fut>(what: &'static str, cancellable: bool, op: F) -> Response<Body>
 where
     F: FnOnce(Progress) -> Fut + Send + 'static,
     Fut: Future<Output = Event> + Send + 'static,
@@ -426,6 +438,10 @@ where
     let (tx, rx) = mpsc::unbounded_channel::<Event>();
     let progress = Progress::to(tx.clone());
     tokio::spawn(async move {
+        if !cancellable {
+            let _ = tx.send(op(progress).await);
+            return;
+        }
         tokio::select! {
             last = op(progress) => {
                 let _ = tx.send(last);
