@@ -205,8 +205,14 @@ fn copy(
 /// manifests came before it, so its bound grows with them (a descriptor with its annotations
 /// takes a few hundred bytes; 1 KiB per blob is generous), over a floor for the empty bundle.
 fn index_limit(blobs: usize) -> usize {
-    MAX_MANIFEST_BYTES.saturating_add(blobs.saturating_mul(1024))
+    MAX_MANIFEST_BYTES
+        .saturating_add(blobs.saturating_mul(1024))
+        .min(MAX_INDEX_BYTES)
 }
+
+/// No `index.json` is larger than this, whatever came before it (a million images take
+/// about 300 MB).
+const MAX_INDEX_BYTES: usize = 1 << 30;
 
 /// A small entry (`oci-layout`, `index.json`), bounded.
 fn read_small<R: Read>(entry: &mut tar::Entry<'_, R>, path: &str, limit: usize) -> Result<Vec<u8>> {
@@ -216,7 +222,8 @@ fn read_small<R: Read>(entry: &mut tar::Entry<'_, R>, path: &str, limit: usize) 
             "bundle entry {path} has {size} bytes, more than the {limit} allowed"
         )));
     }
-    let mut buf = Vec::with_capacity(size as usize);
+    // Grown as bytes arrive, not reserved from what the header claims.
+    let mut buf = Vec::with_capacity((size as usize).min(1 << 20));
     entry.read_to_end(&mut buf).map_err(malformed)?;
     if buf.len() as u64 != size {
         return Err(truncated());
