@@ -131,7 +131,9 @@ fn image(
     if kids.iter().any(|k| k.is_manifest) {
         for child in kids.iter().filter(|k| k.is_manifest) {
             let c = closure(store, &child.digest, None)?;
-            if c.missing.is_empty() {
+            // A stored manifest that does not parse (`unknown`) would make the bundle one
+            // `import` refuses: such a platform is left out like an incomplete one.
+            if c.missing.is_empty() && !c.unknown {
                 add(store, &c.stored, blobs)?;
                 platforms.push(child.digest.clone());
             } else {
@@ -139,10 +141,11 @@ fn image(
                     .platform
                     .as_ref()
                     .map_or_else(|| child.digest.to_string(), |p| p.to_string());
-                notes.push(format!(
-                    "{reference}: platform {platform} left out, {} of its blobs are not cached",
-                    c.missing.len()
-                ));
+                let why = match c.missing.len() {
+                    0 => "a manifest of it does not parse".to_string(),
+                    n => format!("{n} of its blobs are not cached"),
+                };
+                notes.push(format!("{reference}: platform {platform} left out, {why}"));
             }
         }
         if platforms.is_empty() {
@@ -152,6 +155,11 @@ fn image(
         }
     } else {
         let c = closure(store, &digest, None)?;
+        if c.unknown && c.missing.is_empty() {
+            return Err(Error::ManifestUnknown(format!(
+                "{reference}: its manifest {digest} does not parse, so no bundle can carry it"
+            )));
+        }
         if !c.missing.is_empty() {
             return Err(Error::ManifestUnknown(format!(
                 "{reference} is not cached completely ({} blobs missing): pull it first",
@@ -204,4 +212,72 @@ fn add<'a>(
         blobs.insert(d.clone(), size);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::manifest::{OCI_INDEX, OCI_MANIFEST};
+    use crate::store::TagRecord;
+    use crate::store::fs::FsStore;
+    use crate::store::index::SledIndex;
+
+    /// Found by the bundle fuzz target: an index whose other platform's manifest is stored
+    /// but does not parse (here a key with invalid UTF-8) was exported with that platform,
+    /// and `import` refused the export. The platform is left out instead; a manifest of
+    /// its own that does not parse is not exported at all.
+    #[test]
+    fn a_manifest_that_does_not_parse_is_never_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let index = SledIndex::open(&dir.path().join("index")).unwrap();
+        let put = |bytes: &[u8]| {
+            let d = Digest::of(bytes);
+            store.put(&d, bytes).unwrap();
+            d
+        };
+        let config = put(b"{}");
+        let good = put(format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":2}},"layers":[]}}"#
+        )
+        .as_bytes());
+        let bad = put(b"{\"schemaVersion\":2,\"medi\xf1Type\":\"x\",\"layers\":[]}");
+        let list = put(
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{good}","size":1}},{{"mediaType":"{OCI_MANIFEST}","digest":"{bad}","size":1}}]}}"#
+            )
+            .as_bytes(),
+        );
+        let hub = Registry::docker_hub();
+        let tag = |name: &str, digest: &Digest, media_type: &str| {
+            let r = ImageRef::parse(name, &hub).unwrap();
+            let Reference::Tag(t) = &r.reference else {
+                unreachable!()
+            };
+            let record = TagRecord {
+                digest: digest.clone(),
+                media_type: media_type.into(),
+                fetched_at_ms: 0,
+            };
+            index.set_tag(&r.repo, t, &record).unwrap();
+        };
+        tag("x/list:1", &list, OCI_INDEX);
+        tag("x/bad:1", &bad, OCI_MANIFEST);
+        let select = |name: &str| Selection {
+            images: vec![name.into()],
+            ..Selection::default()
+        };
+
+        let p = plan(&store, &index, &select("x/list:1"), &HashSet::new()).unwrap();
+        assert_eq!(p.entries[0].platforms, vec![good.clone()]);
+        assert!(!p.blobs.iter().any(|(d, _)| *d == bad), "{:?}", p.blobs);
+        assert!(
+            p.notes.iter().any(|n| n.contains("does not parse")),
+            "{:?}",
+            p.notes
+        );
+
+        let e = plan(&store, &index, &select("x/bad:1"), &HashSet::new()).unwrap_err();
+        assert!(e.to_string().contains("does not parse"), "{e}");
+    }
 }
