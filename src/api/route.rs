@@ -122,15 +122,16 @@ impl Router {
         };
         let name: RepoName = name.join("/").parse()?;
         Ok(Repository {
-            name: name.normalized_for(&registry),
+            name: name.normalized_checked(&registry)?,
             registry,
         })
     }
 }
 
 impl Router {
+    /// An alias (lower case, as registry hosts are read), else a registry host.
     fn registry(&self, name: &str) -> Result<Registry> {
-        match self.aliases.get(name) {
+        match self.aliases.get(&name.to_ascii_lowercase()) {
             Some(r) => Ok(r.clone()),
             None => name.parse(),
         }
@@ -292,6 +293,27 @@ mod tests {
                 repo: repo("docker.io", "library/my.app"),
                 reference: "v1".parse().unwrap()
             }
+        );
+    }
+
+    /// Found by the route fuzz target: `?ns=gH` named a registry `gh` while `?ns=gh` named
+    /// the alias, although registry hosts are read in any case. And a name that `library/`
+    /// takes past 255 characters is refused, as distribution would.
+    #[test]
+    fn aliases_in_any_case_and_the_normalised_length() {
+        let r = router();
+        let want = r.parse("/v2/org/app/manifests/v1", Some("ns=gh")).unwrap();
+        for ns in ["ns=gH", "ns=GH"] {
+            assert_eq!(r.parse("/v2/org/app/manifests/v1", Some(ns)).unwrap(), want);
+        }
+        let at_limit = "a".repeat(247);
+        let ok = format!("/v2/{at_limit}/manifests/v1");
+        assert!(r.parse(&ok, None).is_ok());
+        let over = format!("/v2/{at_limit}a/manifests/v1");
+        assert_eq!(r.parse(&over, None).unwrap_err().code(), "NAME_INVALID");
+        assert!(
+            r.parse(&over, Some("ns=ghcr.io")).is_ok(),
+            "no prefix elsewhere"
         );
     }
 

@@ -29,6 +29,12 @@ impl RepoName {
             self
         }
     }
+
+    /// [`RepoName::normalized_for`], refused when `library/` takes the name past
+    /// [`MAX_NAME_LEN`]: the registry would refuse it, and it would not parse again.
+    pub fn normalized_checked(self, registry: &Registry) -> Result<RepoName, Error> {
+        self.normalized_for(registry).0.parse()
+    }
 }
 
 impl FromStr for RepoName {
@@ -257,7 +263,7 @@ impl ImageRef {
         };
         Ok(ImageRef {
             repo: Repository {
-                name: name.normalized_for(&registry),
+                name: name.normalized_checked(&registry)?,
                 registry,
             },
             reference,
@@ -418,6 +424,23 @@ mod tests {
         for bad in ["", "UPPER:1", "a:b:c", "ghcr.io/", "a@sha256:xyz", "a:-bad"] {
             assert!(p(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by the names fuzz target: a 249-character name was taken and printed as
+    /// `docker.io/library/<name>`, 257 characters, which no longer parsed.
+    #[test]
+    fn the_library_prefix_counts_against_the_limit() {
+        let hub = Registry::docker_hub();
+        let at_limit = "a".repeat(MAX_NAME_LEN - "library/".len());
+        let r = ImageRef::parse(&at_limit, &hub).unwrap();
+        assert_eq!(ImageRef::parse(&r.to_string(), &hub).unwrap(), r);
+        let over = format!("{at_limit}a");
+        assert_eq!(
+            ImageRef::parse(&over, &hub).unwrap_err().code(),
+            "NAME_INVALID"
+        );
+        let ghcr: Registry = "ghcr.io".parse().unwrap();
+        assert!(ImageRef::parse(&over, &ghcr).is_ok(), "no prefix elsewhere");
     }
 
     #[test]
