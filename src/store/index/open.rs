@@ -137,9 +137,10 @@ impl SledIndex {
         if !fresh && had_journal {
             // A crash loses sled's last unflushed writes; the journal has every write reported
             // done: apply what came after the last point sled was known durable.
-            let from = index.read(|t| t.meta.get("journal_applied").map_err(err))?;
-            let from = from.and_then(|v| be_u64(&v)).unwrap_or(0);
-            let n = index.catch_up(from)?;
+            let n = index
+                .read(|t| replay(t, &journal_path, applied(t)))?
+                .records
+                .len();
             if n > 0 {
                 tracing::info!(
                     records = n,
@@ -206,18 +207,6 @@ impl SledIndex {
         Ok(done)
     }
 
-    /// Apply the journal's records from byte `from` on; how many there were.
-    fn catch_up(&self, from: u64) -> Result<usize> {
-        let replay = Journal::read_from(self.journal.path(), from).map_err(err)?;
-        self.read(|t| {
-            for r in &replay.records {
-                apply(t, r).map_err(err)?;
-            }
-            Ok(())
-        })?;
-        Ok(replay.records.len())
-    }
-
     /// The journal is reflected in sled up to its current end (sled was just flushed).
     pub(super) fn mark_applied(&self, len: u64) -> Result<()> {
         self.read(|t| {
@@ -230,13 +219,10 @@ impl SledIndex {
 
     /// Apply every journal record to this (empty) index.
     fn rebuild(&self, journal_path: &Path) -> Result<Reindexed> {
-        let replay = Journal::read(journal_path).map_err(err)?;
-        self.read(|t| {
-            for r in &replay.records {
-                apply(t, r).map_err(err)?;
-            }
+        let replay = self.read(|t| {
+            let r = replay(t, journal_path, 0)?;
             t.db.flush().map_err(err)?;
-            Ok(())
+            Ok(r)
         })?;
         let mut done = self.counts()?;
         done.records = replay.records.len();
@@ -291,21 +277,8 @@ impl SledIndex {
                 // sled drops writes it had accepted but could not flush; the journal has every
                 // write reported done, so apply what came after sled was last known durable
                 // (records are states: applying one again is harmless).
-                let from = t
-                    .meta
-                    .get("journal_applied")
-                    .ok()
-                    .flatten()
-                    .and_then(|v| be_u64(&v))
-                    .unwrap_or(0);
-                let replayed = Journal::read_from(self.journal.path(), from)
-                    .map_err(err)
-                    .and_then(|r| {
-                        for rec in &r.records {
-                            apply(&t, rec).map_err(err)?;
-                        }
-                        Ok(r.records.len())
-                    });
+                let replayed =
+                    replay(&t, self.journal.path(), applied(&t)).map(|r| r.records.len());
                 *trees = Some(t);
                 drop(trees);
                 match replayed {
@@ -381,6 +354,21 @@ fn failure(data: &Path, f: OpenFailure) -> Error {
         OpenFailure::Io(e) => io_refused(&data.join("index"), &e),
         OpenFailure::Broken(e) => Error::internal(format!("cannot create a new index: {e}")),
     }
+}
+
+/// Where the journal stops being known durable in sled (its start when never recorded).
+fn applied(t: &Trees) -> u64 {
+    let at = t.meta.get("journal_applied").ok().flatten();
+    at.and_then(|v| be_u64(&v)).unwrap_or(0)
+}
+
+/// Apply the journal's records from byte `from` on to the trees.
+fn replay(t: &Trees, journal: &Path, from: u64) -> Result<crate::store::journal::Replay> {
+    let replay = Journal::read_from(journal, from).map_err(err)?;
+    for r in &replay.records {
+        apply(t, r).map_err(err)?;
+    }
+    Ok(replay)
 }
 
 /// Every fact of the index as journal records.
