@@ -185,7 +185,10 @@ impl FromStr for Registry {
                     && !l.starts_with('-')
                     && !l.ends_with('-')
             });
-        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+        // Digits only: `u16::from_str` also takes `+5000`, a second name for port 5000.
+        let port_ok = port.is_none_or(|p| {
+            p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+        });
         if !host_ok || !port_ok {
             return Err(Error::NameInvalid(format!(
                 "{:?} is not a registry host (expected host or host:port)",
@@ -455,7 +458,10 @@ mod tests {
         );
         assert!("localhost:5000".parse::<Registry>().is_ok());
         assert!("127.0.0.1:15000".parse::<Registry>().is_ok());
-        for bad in ["", ":5000", "a:0", "a:99999", "a..b", "-a.io", "a/b", "a b"] {
+        // `a:+5000` was found by the route fuzz target: a second registry for a:5000.
+        for bad in [
+            "", ":5000", "a:0", "a:99999", "a..b", "-a.io", "a/b", "a b", "a:+5000", "a:-1",
+        ] {
             assert!(bad.parse::<Registry>().is_err(), "{bad:?}");
         }
     }
