@@ -6,7 +6,7 @@ mod body;
 pub mod errors;
 mod handler;
 mod limits;
-mod range;
+pub mod range;
 pub mod route;
 pub mod server;
 pub mod tls;

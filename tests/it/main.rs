@@ -27,6 +27,7 @@ mod e2e_auth;
 mod eviction;
 mod faults;
 mod fixtures;
+mod fuzz_corpora;
 mod input;
 mod metrics;
 mod pins;

@@ -1,0 +1,6 @@
+//! libFuzzer target: see [`airlock_fuzz::names`] for what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    airlock_fuzz::names::check(data);
+});
