@@ -10,7 +10,7 @@
 //! the replay can tell that known-valid seeds still parse.
 //!
 //! Only `airlock`, the standard library and crates airlock itself depends on (`serde`,
-//! `serde_json`, `tar`, `tempfile`) are used, and modules refer to each other with
+//! `serde_json`, `tar`, `tempfile`, `form_urlencoded`) are used, and modules refer to each other with
 //! `super::`, so the files compile both as the fuzz crate's library and as a module of
 //! airlock's test binary.
 
@@ -57,15 +57,7 @@ pub fn seeds_of(name: &str) -> Vec<Vec<u8>> {
     }
 }
 
-/// Percent-encode everything but unreserved characters (RFC 3986), for query values.
+/// A query value, encoded as the router decodes it (`application/x-www-form-urlencoded`).
 pub(crate) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
