@@ -317,7 +317,7 @@ async fn blob(ctx: Ctx, reference: ImageRef, digest: Digest, unit: Unit) -> Resu
     let fresh = answer.outcome != crate::cache::Outcome::Hit;
     let source = answer.source;
     let mut seen = 0u64;
-    let verified = source.clone().verified();
+    let verified = source.clone().persisted();
     tokio::pin!(verified);
     loop {
         tokio::select! {

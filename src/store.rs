@@ -101,8 +101,25 @@ pub trait BlobWriter: Send {
     /// [`written`]: BlobWriter::written
     fn reader(&self) -> io::Result<File>;
 
+    /// Check that the bytes hash to the digest asked for. They are neither durable nor
+    /// visible yet: [`Verified::persist`] makes them so, and dropping the result discards them.
+    fn verify(self: Box<Self>) -> Result<Box<dyn Verified>, CommitError>;
+
     /// Verify the digest, make the bytes durable and visible. On any error nothing is visible.
-    fn commit(self: Box<Self>) -> Result<u64, CommitError>;
+    fn commit(self: Box<Self>) -> Result<u64, CommitError> {
+        Ok(self.verify()?.persist()?)
+    }
+}
+
+/// Bytes that hashed to their digest, not yet durable or visible. Readers holding
+/// [`BlobWriter::reader`] handles may already serve them: they are the right bytes.
+pub trait Verified: Send {
+    /// Their size.
+    fn size(&self) -> u64;
+
+    /// Make them durable, then visible under their digest (fsync, rename, fsync of the
+    /// directory). On an error nothing is visible.
+    fn persist(self: Box<Self>) -> io::Result<u64>;
 }
 
 /// Why a blob could not be committed.

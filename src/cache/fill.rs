@@ -1,12 +1,15 @@
 //! The fill: one upstream download per missing blob, written to a spool that every requester
 //! reads as it grows. It runs in its own task, so it outlives the client that started it, and
-//! is bounded by `fill_timeout`. Progress is published on a `watch` channel; only a verified,
-//! fsynced, renamed file ends it as `Done`, anything else as `Failed`, which readers turn into
-//! a broken transfer, never a clean end of body.
+//! is bounded by `fill_timeout`. Progress is published on a `watch` channel. Once the bytes
+//! hash to the digest the fill is `Verified` and readers get their last byte; the fsync and
+//! rename that make the blob visible follow off their critical path, and only then is it
+//! `Done`. Anything that fails before verification ends it as `Failed`, which readers turn
+//! into a broken transfer, never a clean end of body; a failure to persist verified bytes
+//! costs a refetch later, never an error to a reader.
 
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Repository};
-use crate::store::{BlobInfo, BlobStore, BlobWriter, CommitError, Index};
+use crate::store::{BlobInfo, BlobStore, BlobWriter, CommitError, Index, Verified};
 use crate::upstream::Upstream;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -32,6 +35,9 @@ pub enum FillState {
         /// Expected total, when the upstream announced it.
         size: Option<u64>,
     },
+    /// These many bytes hashed to the digest: readers may finish. The blob is not visible
+    /// yet (it is being made durable), and the fill stays registered, so new requests join it.
+    Verified(u64),
     /// Verified and stored: this many bytes.
     Done(u64),
     /// Nothing was stored.
@@ -182,7 +188,7 @@ impl Fills {
     pub fn size_of(&self, digest: &Digest) -> Option<u64> {
         match &*self.lock().get(digest)?.state.borrow() {
             FillState::Writing { size, .. } => *size,
-            FillState::Done(n) => Some(*n),
+            FillState::Verified(n) | FillState::Done(n) => Some(*n),
             _ => None,
         }
     }
@@ -219,28 +225,60 @@ struct Task {
 impl Task {
     async fn run(self, writer: Box<dyn BlobWriter>) {
         let limit = self.ctx.timeout;
-        let result = match tokio::time::timeout(limit, self.download(writer)).await {
+        let verified = match tokio::time::timeout(limit, self.download(writer)).await {
             Ok(r) => r,
             Err(_) => Err(self.unavailable(format!(
                 "download of {} took longer than fill_timeout ({limit:?})",
                 self.digest
             ))),
         };
-        match &result {
-            Ok(n) => {
-                tracing::debug!(digest = %self.digest, repo = %self.repo, bytes = n, "blob stored")
-            }
+        let verified = match verified {
+            Ok(v) => v,
             Err(e) => {
-                tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "blob fetch failed, nothing stored")
+                tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "blob fetch failed, nothing stored");
+                self.tx.send_replace(FillState::Failed(e));
+                return;
+            }
+        };
+        // Readers have every byte now; making the blob visible is the fill's own business.
+        self.tx.send_replace(FillState::Verified(verified.size()));
+        match self.store(verified).await {
+            Ok(n) => {
+                tracing::debug!(digest = %self.digest, repo = %self.repo, bytes = n, "blob stored");
+                self.tx.send_replace(FillState::Done(n));
+            }
+            // Its readers keep their verified bytes (the state stays `Verified`); the fill
+            // unregisters, so the next request fetches again.
+            Err(e) => {
+                tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "verified blob could not be stored; served to the clients that waited, fetched again when next asked")
             }
         }
-        self.tx.send_replace(match result {
-            Ok(n) => FillState::Done(n),
-            Err(e) => FillState::Failed(e),
-        });
     }
 
-    async fn download(&self, mut writer: Box<dyn BlobWriter>) -> Result<u64> {
+    /// Make verified bytes durable and visible, then record their size and repository link.
+    async fn store(&self, verified: Box<dyn Verified>) -> Result<u64> {
+        let written = tokio::task::spawn_blocking(move || verified.persist())
+            .await
+            .map_err(Error::internal)?
+            .map_err(|e| Error::internal(format!("storing {}: {e}", self.digest)))?;
+        let media_type = self
+            .ctx
+            .index
+            .blob_info(&self.digest)?
+            .and_then(|i| i.media_type);
+        self.ctx.index.set_blob_info(
+            &self.digest,
+            &BlobInfo {
+                size: written,
+                media_type,
+            },
+        )?;
+        self.ctx.index.link(&self.repo, &self.digest)?;
+        Ok(written)
+    }
+
+    /// Fetch the blob into the spool and check its digest.
+    async fn download(&self, mut writer: Box<dyn BlobWriter>) -> Result<Box<dyn Verified>> {
         let body = self
             .upstream
             .blob(&self.repo.name, &self.digest)
@@ -310,35 +348,16 @@ impl Task {
                 self.digest
             )));
         }
-        let committed = tokio::task::spawn_blocking(move || writer.commit())
-            .await
-            .map_err(Error::internal)?;
-        let written = match committed {
-            Ok(n) => n,
-            Err(CommitError::Mismatch { actual, .. }) => {
-                return Err(self.invalid(format!(
-                    "sent content hashing to {actual} for {}",
-                    self.digest
-                )));
-            }
+        match writer.verify() {
+            Ok(v) => Ok(v),
+            Err(CommitError::Mismatch { actual, .. }) => Err(self.invalid(format!(
+                "sent content hashing to {actual} for {}",
+                self.digest
+            ))),
             Err(CommitError::Io(e)) => {
-                return Err(Error::internal(format!("storing {}: {e}", self.digest)));
+                Err(Error::internal(format!("storing {}: {e}", self.digest)))
             }
-        };
-        let media_type = self
-            .ctx
-            .index
-            .blob_info(&self.digest)?
-            .and_then(|i| i.media_type);
-        self.ctx.index.set_blob_info(
-            &self.digest,
-            &BlobInfo {
-                size: written,
-                media_type,
-            },
-        )?;
-        self.ctx.index.link(&self.repo, &self.digest)?;
-        Ok(written)
+        }
     }
 
     /// Append to the spool in the blocking pool; the writer travels there and back.
@@ -372,3 +391,6 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! Reading a blob: from a stored file, or tailing the spool of a fill as it grows. The last
 //! byte of a fill is held back until the fill is verified, so a digest mismatch or a short
-//! upstream body always ends the client's transfer with an error, never a clean end.
+//! upstream body always ends the client's transfer with an error, never a clean end. It is
+//! not held for the fsync and rename that follow: the spool's handle reads the same bytes.
 
 use super::fill::{Fill, FillState};
 use super::inuse::Hold;
@@ -57,7 +58,7 @@ impl BlobSource {
             Kind::Stored(_, n) => Some(*n),
             Kind::Filling(f) => match &*f.state.borrow() {
                 FillState::Writing { size, .. } => *size,
-                FillState::Done(n) => Some(*n),
+                FillState::Verified(n) | FillState::Done(n) => Some(*n),
                 _ => None,
             },
         }
@@ -69,27 +70,47 @@ impl BlobSource {
             Kind::Stored(_, n) => *n,
             Kind::Filling(f) => match &*f.state.borrow() {
                 FillState::Writing { written, .. } => *written,
-                FillState::Done(n) => *n,
+                FillState::Verified(n) | FillState::Done(n) => *n,
                 _ => 0,
             },
         }
     }
 
-    /// Wait until the bytes are verified and stored (for `Range` requests on a miss, which
-    /// must not see unverified bytes, and for preloads).
+    /// Wait until the bytes are verified (for `Range` requests on a miss, which must not see
+    /// unverified bytes). They may not be stored yet.
     pub async fn verified(self) -> io::Result<BlobSource> {
+        self.wait(false).await
+    }
+
+    /// Wait until the bytes are verified and stored (for preloads, whose report says what
+    /// the cache holds).
+    pub async fn persisted(self) -> io::Result<BlobSource> {
+        self.wait(true).await
+    }
+
+    async fn wait(self, stored: bool) -> io::Result<BlobSource> {
         let fill = match &self.kind {
             Kind::Stored(..) => return Ok(self),
             Kind::Filling(fill) => fill.clone(),
         };
         let mut rx = fill.state.clone();
         let done = rx
-            .wait_for(|s| matches!(s, FillState::Done(_) | FillState::Failed(_)))
+            .wait_for(|s| match s {
+                FillState::Done(_) | FillState::Failed(_) => true,
+                FillState::Verified(_) => !stored,
+                _ => false,
+            })
             .await
-            .map_err(|_| io::Error::other("blob fetch ended unexpectedly"))?
+            .map_err(|_| {
+                io::Error::other(if stored {
+                    "blob fetch ended before the blob was stored"
+                } else {
+                    "blob fetch ended unexpectedly"
+                })
+            })?
             .clone();
         match done {
-            FillState::Done(n) => Ok(BlobSource {
+            FillState::Verified(n) | FillState::Done(n) => Ok(BlobSource {
                 kind: Kind::Stored(fill.file.clone(), n),
                 hold: self.hold,
             }),
@@ -148,7 +169,7 @@ impl Reader {
                         Some(s) => ((*written).min(s.saturating_sub(1)), None),
                         None => (*written, None),
                     },
-                    FillState::Done(n) => (*n, Some(*n)),
+                    FillState::Verified(n) | FillState::Done(n) => (*n, Some(*n)),
                     FillState::Failed(e) => {
                         self.finished = true;
                         return Some(Err(io::Error::other(e.to_string())));
@@ -178,7 +199,10 @@ impl Reader {
                 unreachable!("fixed progress always has a total")
             };
             if rx.changed().await.is_err()
-                && !matches!(&*rx.borrow(), FillState::Done(_) | FillState::Failed(_))
+                && !matches!(
+                    &*rx.borrow(),
+                    FillState::Verified(_) | FillState::Done(_) | FillState::Failed(_)
+                )
             {
                 self.finished = true;
                 return Some(Err(io::Error::other("blob fetch ended unexpectedly")));

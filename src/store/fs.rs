@@ -2,7 +2,7 @@
 //! written through spools in `<data>/tmp/`; batches wait verified in `<data>/tmp/batch.*/`;
 //! blobs that failed verification are moved to `<data>/quarantine/`.
 
-use super::{Batch, BlobStore, BlobWriter, CommitError};
+use super::{Batch, BlobStore, BlobWriter, CommitError, Verified};
 use crate::oci::{Digest, Verifier};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -329,7 +329,7 @@ impl BlobWriter for FsWriter {
         File::open(&self.spool)
     }
 
-    fn commit(mut self: Box<Self>) -> Result<u64, CommitError> {
+    fn verify(mut self: Box<Self>) -> Result<Box<dyn Verified>, CommitError> {
         let actual = std::mem::take(&mut self.verifier).finish();
         if actual != self.expected {
             return Err(CommitError::Mismatch {
@@ -337,10 +337,23 @@ impl BlobWriter for FsWriter {
                 actual,
             });
         }
-        let health = self.health.clone();
-        health.note(self.persist())?;
+        Ok(Box::new(FsVerified(self)))
+    }
+}
+
+/// A spool whose bytes hashed right, waiting for its fsync and rename.
+struct FsVerified(Box<FsWriter>);
+
+impl Verified for FsVerified {
+    fn size(&self) -> u64 {
+        self.0.written
+    }
+
+    fn persist(mut self: Box<Self>) -> io::Result<u64> {
+        let health = self.0.health.clone();
+        health.note(self.0.persist())?;
         health.works();
-        Ok(self.written)
+        Ok(self.0.written)
     }
 }
 
