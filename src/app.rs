@@ -99,7 +99,11 @@ async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
         settings,
         metrics,
     );
-    refresh_usage(&cache).await;
+    // The first measure counts the store once: it must not hold up the start.
+    tokio::spawn({
+        let cache = cache.clone();
+        async move { refresh_usage(&cache).await }
+    });
     Ok(cache)
 }
 

@@ -67,20 +67,19 @@ pub struct VerifyReport {
     pub unreadable: Vec<String>,
 }
 
-/// Current usage. Blocking (it lists the store and reads pinned manifests); cheap enough for
-/// an admin request.
+/// Current usage. Blocking (it reads pinned manifests); its cost grows with the pins, not
+/// with the store, whose totals are kept as blobs come and go.
 pub fn usage(cache: &Cache) -> Result<Usage> {
     let (store, index) = (cache.store().as_ref(), cache.index().as_ref());
-    let stored = store.list()?;
-    let pinned = inventory::pinned_digests(store, index)?;
+    let (bytes, blobs) = store.usage()?;
+    let mut pinned_bytes = 0;
+    for d in inventory::pinned_digests(store, index)? {
+        pinned_bytes += store.stat(&d)?.unwrap_or(0);
+    }
     Ok(Usage {
-        bytes: stored.iter().map(|(_, s)| s).sum(),
-        blobs: stored.len() as u64,
-        pinned_bytes: stored
-            .iter()
-            .filter(|(d, _)| pinned.contains(d))
-            .map(|(_, s)| s)
-            .sum(),
+        bytes,
+        blobs,
+        pinned_bytes,
     })
 }
 

@@ -46,6 +46,12 @@ pub trait BlobStore: Send + Sync {
     /// Every stored blob with its size.
     fn list(&self) -> io::Result<Vec<(Digest, u64)>>;
 
+    /// Bytes and number of stored blobs. Stores that keep a count answer without listing.
+    fn usage(&self) -> io::Result<(u64, u64)> {
+        let all = self.list()?;
+        Ok((all.iter().map(|(_, s)| s).sum(), all.len() as u64))
+    }
+
     /// Bytes of downloads and import batches in progress (not yet verified blobs), which
     /// count against the cache's size like stored ones.
     fn spooled(&self) -> io::Result<u64> {

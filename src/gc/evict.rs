@@ -22,6 +22,12 @@ static PINS_OVER_CAP: AtomicBool = AtomicBool::new(false);
 pub(super) async fn evict(cache: &Cache, cap: Cap) -> Result<Removal> {
     let high = (cap.max as f64 * cap.high) as u64;
     let low = (cap.max as f64 * cap.low) as u64;
+    // Under the cap a pass costs two counters: nothing is scanned.
+    let (stored, spooled) =
+        blocking(cache, |store, _| Ok((store.usage()?.0, store.spooled()?))).await?;
+    if stored + spooled <= high {
+        return Ok(Removal::default());
+    }
     let (mut snap, loose, spooled) = blocking(cache, |store, index| {
         let snap = Snapshot::take(store, index)?;
         let loose = oldest_first(index, snap.unreferenced())?;

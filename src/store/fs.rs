@@ -7,8 +7,8 @@ use crate::oci::{Digest, Verifier};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// The file-backed blob store. Clones share everything.
@@ -19,6 +19,32 @@ pub struct FsStore {
     quarantine: PathBuf,
     seq: Arc<AtomicU64>,
     health: WriteHealth,
+    tally: Arc<Tally>,
+}
+
+/// Bytes and blobs stored, kept as blobs come and go, so asking costs nothing however large
+/// the store. Changes are counted from the open; the store is walked once, the first time
+/// it is asked, and the walk stands for everything before it (a blob stored or removed while
+/// that one walk runs may be off by one until the process restarts: usage is the trigger for
+/// eviction, whose pass counts exactly).
+#[derive(Debug, Default)]
+struct Tally {
+    /// What the walk found, less the changes counted before it began.
+    walked: OnceLock<(i64, i64)>,
+    bytes: AtomicI64,
+    blobs: AtomicI64,
+}
+
+impl Tally {
+    fn add(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes as i64, Ordering::Relaxed);
+        self.blobs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: u64) {
+        self.bytes.fetch_sub(bytes as i64, Ordering::Relaxed);
+        self.blobs.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Whether writes to the store work: the last failure, cleared by the next blob committed.
@@ -68,7 +94,27 @@ impl FsStore {
             quarantine: root.join("quarantine"),
             seq: Arc::new(AtomicU64::new(0)),
             health: WriteHealth::default(),
+            tally: Arc::default(),
         })
+    }
+
+    /// Size and number of the stored blobs, by walking every shard.
+    fn walk(&self) -> io::Result<(u64, u64)> {
+        let (mut bytes, mut blobs) = (0, 0);
+        for shard in fs::read_dir(&self.blobs)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let entry = entry?;
+                if entry.file_name().len() == 64 {
+                    bytes += entry.metadata()?.len();
+                    blobs += 1;
+                }
+            }
+        }
+        Ok((bytes, blobs))
     }
 
     /// Where a verified blob lives.
@@ -96,15 +142,43 @@ impl BlobStore for FsStore {
     }
 
     fn create(&self, digest: &Digest) -> io::Result<Box<dyn BlobWriter>> {
-        Ok(Box::new(self.writer(digest, self.path(digest))?))
+        let mut w = self.writer(digest, self.path(digest))?;
+        w.tally = Some(self.tally.clone());
+        Ok(Box::new(w))
     }
 
     fn remove(&self, digest: &Digest) -> io::Result<bool> {
-        match fs::remove_file(self.path(digest)) {
-            Ok(()) => Ok(true),
+        let path = self.path(digest);
+        let Some(size) = self.stat(digest)? else {
+            return Ok(false);
+        };
+        match fs::remove_file(path) {
+            Ok(()) => {
+                self.tally.sub(size);
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn usage(&self) -> io::Result<(u64, u64)> {
+        let t = &self.tally;
+        let (bytes, blobs) = match t.walked.get() {
+            Some(w) => *w,
+            None => {
+                let before = (
+                    t.bytes.load(Ordering::Relaxed),
+                    t.blobs.load(Ordering::Relaxed),
+                );
+                let (bytes, blobs) = self.walk()?;
+                *t.walked
+                    .get_or_init(|| (bytes as i64 - before.0, blobs as i64 - before.1))
+            }
+        };
+        let now =
+            |base: i64, delta: &AtomicI64| (base + delta.load(Ordering::Relaxed)).max(0) as u64;
+        Ok((now(bytes, &t.bytes), now(blobs, &t.blobs)))
     }
 
     fn write_failure(&self) -> Option<String> {
@@ -182,8 +256,14 @@ impl BlobStore for FsStore {
         let target = self
             .quarantine
             .join(format!("sha256-{}-{stamp}", digest.hex()));
+        let Some(size) = self.stat(digest)? else {
+            return Ok(None);
+        };
         match fs::rename(self.path(digest), &target) {
-            Ok(()) => Ok(Some(target)),
+            Ok(()) => {
+                self.tally.sub(size);
+                Ok(Some(target))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -220,6 +300,7 @@ impl FsStore {
             verifier: Verifier::new(),
             written: 0,
             committed: false,
+            tally: None,
         })
     }
 }
@@ -284,8 +365,12 @@ impl Batch for FsBatch {
             let target = self.store.path(&digest);
             let shard = target.parent().expect("blob paths have a shard directory");
             create_dir_durable(shard)?;
+            let (size, replaces) = (entry.metadata()?.len(), target.exists());
             fs::rename(entry.path(), &target)?;
             File::open(shard)?.sync_all()?;
+            if !replaces {
+                self.store.tally.add(size);
+            }
             n += 1;
         }
         self.published = true;
@@ -311,6 +396,8 @@ struct FsWriter {
     written: u64,
     committed: bool,
     health: WriteHealth,
+    /// Where a blob made visible is counted (none for a batch's writers: publish counts).
+    tally: Option<Arc<Tally>>,
 }
 
 impl BlobWriter for FsWriter {
@@ -366,8 +453,12 @@ impl FsWriter {
             .parent()
             .expect("blob paths have a shard directory");
         create_dir_durable(dir)?;
+        let replaces = self.target.exists();
         fs::rename(&self.spool, &self.target)?;
         self.committed = true;
+        if let Some(t) = self.tally.as_ref().filter(|_| !replaces) {
+            t.add(self.written);
+        }
         // The rename is durable only once the directory entry is.
         File::open(dir)?.sync_all()
     }
@@ -382,102 +473,4 @@ impl Drop for FsWriter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::FileExt;
-
-    fn store() -> (tempfile::TempDir, FsStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStore::open(dir.path()).unwrap();
-        (dir, s)
-    }
-
-    #[test]
-    fn only_verified_content_becomes_visible() {
-        let (_d, s) = store();
-        let good = Digest::of(b"hello");
-        let mut w = s.create(&good).unwrap();
-        w.write(b"hel").unwrap();
-        let r = w.reader().unwrap();
-        w.write(b"lo").unwrap();
-        assert_eq!(s.stat(&good).unwrap(), None, "not visible before commit");
-        let mut buf = [0u8; 5];
-        r.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(&buf, b"hello", "readers follow the spool");
-        assert_eq!(w.commit().unwrap(), 5);
-        assert_eq!(s.stat(&good).unwrap(), Some(5));
-        r.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(&buf, b"hello", "a reader survives the rename");
-
-        let mut w = s.create(&Digest::of(b"other")).unwrap();
-        w.write(b"wrong").unwrap();
-        assert!(matches!(w.commit(), Err(CommitError::Mismatch { .. })));
-        assert_eq!(s.stat(&Digest::of(b"other")).unwrap(), None);
-        assert_eq!(
-            fs::read_dir(&s.tmp).unwrap().count(),
-            0,
-            "failed spool removed"
-        );
-    }
-
-    #[test]
-    fn dropped_writers_leave_nothing_and_leftovers_are_cleared_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStore::open(dir.path()).unwrap();
-        let mut w = s.create(&Digest::of(b"x")).unwrap();
-        w.write(b"x").unwrap();
-        let mut batch = s.batch().unwrap();
-        let mut b = batch.add(&Digest::of(b"yy")).unwrap();
-        b.write(b"yy").unwrap();
-        b.commit().unwrap();
-        assert_eq!(s.spooled().unwrap(), 3, "spools and batches count");
-        drop((w, batch));
-        assert_eq!(fs::read_dir(&s.tmp).unwrap().count(), 0);
-        assert_eq!(s.spooled().unwrap(), 0);
-        fs::write(s.tmp.join("leftover"), b"junk").unwrap();
-        let s = FsStore::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(&s.tmp).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn batches_publish_all_or_nothing() {
-        let (_d, s) = store();
-        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
-        {
-            let mut batch = s.batch().unwrap();
-            let mut w = batch.add(&a).unwrap();
-            w.write(b"a").unwrap();
-            w.commit().unwrap();
-            assert!(batch.contains(&a));
-            assert_eq!(s.stat(&a).unwrap(), None, "not visible before publish");
-        }
-        assert_eq!(s.stat(&a).unwrap(), None, "a dropped batch leaves nothing");
-        assert_eq!(fs::read_dir(&s.tmp).unwrap().count(), 0);
-        let mut batch = s.batch().unwrap();
-        for (d, bytes) in [(&a, b"a"), (&b, b"b")] {
-            let mut w = batch.add(d).unwrap();
-            w.write(bytes).unwrap();
-            w.commit().unwrap();
-        }
-        let mut bad = batch.add(&a).unwrap();
-        bad.write(b"not a").unwrap();
-        assert!(bad.commit().is_err(), "batch writers verify too");
-        assert_eq!(batch.publish().unwrap(), 2);
-        assert_eq!(s.list().unwrap().len(), 2);
-        let q = s.quarantine(&a).unwrap().unwrap();
-        assert!(q.is_file() && s.stat(&a).unwrap().is_none());
-        assert_eq!(s.list().unwrap(), vec![(b.clone(), 1)]);
-    }
-
-    #[test]
-    fn put_open_remove() {
-        let (_d, s) = store();
-        let d = Digest::of(b"m");
-        s.put(&d, b"m").unwrap();
-        assert!(s.open(&d).unwrap().is_some());
-        assert!(s.path(&d).starts_with(&s.blobs));
-        assert!(s.remove(&d).unwrap());
-        assert!(!s.remove(&d).unwrap());
-        assert!(s.open(&d).unwrap().is_none());
-    }
-}
+mod tests;
