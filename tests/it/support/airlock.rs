@@ -119,8 +119,23 @@ impl Airlock {
             .join(hex)
     }
 
-    /// Whether the blob is stored.
+    /// Whether the blob is stored, once any fill of it has ended: a client has its last byte
+    /// as soon as the digest is verified, and the blob becomes visible after the fsync and
+    /// rename that follow (its spool in `tmp/` is gone then).
     pub fn has_blob(&self, digest: &str) -> bool {
+        let hex = digest.trim_start_matches("sha256:");
+        let spooling = || {
+            std::fs::read_dir(self.data.path().join("tmp")).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(hex))
+            })
+        };
+        for _ in 0..1000 {
+            if !spooling() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         self.blob_path(digest).is_file()
     }
 
