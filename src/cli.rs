@@ -163,14 +163,15 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Serve { offline } => {
             config.server.offline |= offline;
-            init_logging(&config.log.level);
+            // Flushed when dropped: after the server has stopped.
+            let _log = crate::logging::init_server(&config.log.level)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(crate::app::run(config))
                 .inspect_err(|e| tracing::error!("{e:#}"))?;
             Ok(true)
         }
         command => {
-            init_logging(&format!(
+            crate::logging::init(&format!(
                 "warn,airlock={}",
                 if std::env::var_os("AIRLOCK_DEBUG").is_some() {
                     "debug"
@@ -341,15 +342,4 @@ fn print_client_config(
         }
     }
     Ok(())
-}
-
-fn init_logging(level: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod fetch_policy;
 pub mod gc;
 pub mod inventory;
+pub mod logging;
 pub mod metrics;
 pub mod oci;
 pub mod pattern;
