@@ -498,7 +498,11 @@ async fn the_log_says_who_asked_and_exposed_credentials_are_refused_at_start() {
             .0,
         401
     );
-    assert!(daemon.wait_log("client=127.0.0.1", 50).await);
+    assert!(
+        daemon
+            .wait_log("path=/v2/org/app/manifests/v1 status=401", 50)
+            .await
+    );
     let log = daemon.log();
     assert!(
         log.lines().any(|l| l.contains("/v2/org/app/manifests/v1")
