@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::gc::{self, Cap};
 use crate::metrics::Metrics;
 use crate::oci::Registry;
+use crate::ops::Operations;
 use crate::store::{fs::FsStore, index::SledIndex};
 use crate::upstream::{Entry, Upstreams, client::HttpUpstream};
 use anyhow::Context;
@@ -102,7 +103,7 @@ async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
     // The first measure counts the store once: it must not hold up the start.
     tokio::spawn({
         let cache = cache.clone();
-        async move { refresh_usage(&cache).await }
+        async move { Gauges::default().refresh(&cache).await }
     });
     Ok(cache)
 }
@@ -127,28 +128,57 @@ fn make_private(data: &std::path::Path) {
 }
 
 /// Put the store's usage into the gauges (the store is listed: off the async runtime).
-async fn refresh_usage(cache: &Cache) {
-    let c = cache.clone();
-    match tokio::task::spawn_blocking(move || gc::usage(&c)).await {
-        Ok(Ok(u)) => {
-            let m = cache.metrics();
-            m.cache_size.set(u.bytes as i64);
-            m.cache_blobs.set(u.blobs as i64);
-            m.cache_pinned.set(u.pinned_bytes as i64);
+/// The usage gauges, kept so that an idle cache costs nothing to watch: the stored totals
+/// are counters, read every time; the pinned bytes need a walk of every pin's closure, so
+/// it is redone only when the store or the index changed since the last walk, and then at
+/// most at a 5 % duty cycle (a walk that took 1 s waits 20 s for the next).
+#[derive(Default)]
+struct Gauges {
+    /// The store's totals and the index's generation at the last walk.
+    walked: Option<(u64, u64, u64)>,
+    not_before: Option<std::time::Instant>,
+}
+
+impl Gauges {
+    async fn refresh(&mut self, cache: &Cache) {
+        let c = cache.clone();
+        let (walked, not_before) = (self.walked, self.not_before);
+        let measured = tokio::task::spawn_blocking(move || {
+            let (bytes, blobs) = c.store().usage()?;
+            let seen = c.index().generation().map(|g| (bytes, blobs, g));
+            let due = seen.is_none() || seen != walked;
+            let allowed = not_before.is_none_or(|t| std::time::Instant::now() >= t);
+            if !(due && allowed) {
+                return Ok::<_, crate::error::Error>((bytes, blobs, None));
+            }
+            let started = std::time::Instant::now();
+            let pinned = gc::pinned_bytes(&c)?;
+            Ok((bytes, blobs, Some((pinned, seen, started.elapsed()))))
+        })
+        .await;
+        let m = cache.metrics();
+        match measured {
+            Ok(Ok((bytes, blobs, walk))) => {
+                m.cache_size.set(bytes as i64);
+                m.cache_blobs.set(blobs as i64);
+                if let Some((pinned, seen, took)) = walk {
+                    m.cache_pinned.set(pinned as i64);
+                    self.walked = seen;
+                    self.not_before = Some(std::time::Instant::now() + took * 19);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not measure the cache"),
+            Err(e) => tracing::warn!(error = %e, "could not measure the cache"),
         }
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not measure the cache"),
-        Err(e) => tracing::warn!(error = %e, "could not measure the cache"),
     }
 }
 
 /// The admin API over `cache`.
 fn admin_api(cache: &Cache, token: &str, default: Registry, config: &Config) -> Arc<Admin> {
     Arc::new(Admin {
-        cache: cache.clone(),
+        ops: Operations::new(cache.clone(), cap(config)),
         token: token.to_string(),
         default_registry: default,
-        cap: cap(config),
-        verifying: Default::default(),
     })
 }
 
@@ -283,6 +313,7 @@ async fn maintain_periodically(
     every: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut gauges = Gauges::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -302,7 +333,7 @@ async fn maintain_periodically(
                 Err(e) => tracing::warn!(error = %e, "eviction failed"),
             }
         }
-        refresh_usage(&cache).await;
+        gauges.refresh(&cache).await;
     }
 }
 

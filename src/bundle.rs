@@ -144,6 +144,6 @@ pub fn import(cache: &Cache, input: &mut dyn Read, progress: &Progress) -> Resul
         cache.index().as_ref(),
         input,
         progress,
-        &|| Box::new(maintenance.clone().blocking_lock_owned()),
+        &|| maintenance.blocking_exclusive(),
     )
 }

@@ -14,11 +14,13 @@ mod fill;
 mod flights;
 mod hot;
 mod inuse;
+mod maintenance;
 mod manifests;
 mod reader;
 mod tags;
 
 pub use inuse::Hold;
+pub use maintenance::{Exclusive, Maintenance};
 pub use reader::{BlobSource, BlobStream};
 
 use crate::error::{Error, Result};
@@ -113,7 +115,7 @@ struct Inner {
     hot: hot::Hot,
     fills: fill::Fills,
     in_use: inuse::InUse,
-    maintenance: Arc<tokio::sync::Mutex<()>>,
+    maintenance: Maintenance,
     metrics: Arc<Metrics>,
     flights: flights::Flights<manifests::FlightKey, ManifestAnswer>,
     tag_lists: flights::Flights<Repository, Option<Arc<Vec<String>>>>,
@@ -135,7 +137,7 @@ impl Cache {
                 hot: hot::Hot::new(settings.memory_bytes, settings.negative_ttl),
                 fills: fill::Fills::new(settings.max_downloads),
                 in_use: inuse::InUse::default(),
-                maintenance: Arc::default(),
+                maintenance: Maintenance::default(),
                 flights: flights::Flights::default(),
                 tag_lists: flights::Flights::default(),
                 store,
@@ -187,9 +189,14 @@ impl Cache {
         }
     }
 
-    /// Held by operations that add or remove content wholesale (import, eviction, purge,
-    /// collection), so one never removes what another counts on.
-    pub fn maintenance(&self) -> Arc<tokio::sync::Mutex<()>> {
+    /// The turn of an operation that adds or removes content wholesale (import, eviction,
+    /// purge, collection, pinning), so one never removes what another counts on.
+    pub async fn exclusive(&self) -> Exclusive {
+        self.inner.maintenance.exclusive().await
+    }
+
+    /// The lock itself, for operations that take their turn on a blocking thread.
+    pub fn maintenance(&self) -> Maintenance {
         self.inner.maintenance.clone()
     }
 

@@ -11,7 +11,7 @@ mod evict;
 mod refs;
 mod verify;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Exclusive};
 use crate::error::{Error, Result};
 use crate::inventory;
 use crate::oci::{Digest, ImageRef, Reference, Tag};
@@ -70,17 +70,22 @@ pub struct VerifyReport {
 /// Current usage. Blocking (it reads pinned manifests); its cost grows with the pins, not
 /// with the store, whose totals are kept as blobs come and go.
 pub fn usage(cache: &Cache) -> Result<Usage> {
-    let (store, index) = (cache.store().as_ref(), cache.index().as_ref());
-    let (bytes, blobs) = store.usage()?;
-    let mut pinned_bytes = 0;
-    for d in inventory::pinned_digests(store, index)? {
-        pinned_bytes += store.stat(&d)?.unwrap_or(0);
-    }
+    let (bytes, blobs) = cache.store().usage()?;
     Ok(Usage {
         bytes,
         blobs,
-        pinned_bytes,
+        pinned_bytes: pinned_bytes(cache)?,
     })
+}
+
+/// Bytes stored of what pins protect: a walk of every pin's closure.
+pub fn pinned_bytes(cache: &Cache) -> Result<u64> {
+    let (store, index) = (cache.store().as_ref(), cache.index().as_ref());
+    let mut pinned = 0;
+    for d in inventory::pinned_digests(store, index)? {
+        pinned += store.stat(&d)?.unwrap_or(0);
+    }
+    Ok(pinned)
 }
 
 /// Evict least recently used unpinned images until usage is at most `cap.max * cap.low`, if
@@ -89,9 +94,8 @@ pub fn usage(cache: &Cache) -> Result<Usage> {
 /// access and the tag's last confirmation). Pinned content, blobs being served and blobs
 /// another remaining image uses are never removed.
 pub async fn evict(cache: &Cache, cap: Cap) -> Result<Removal> {
-    let maintenance = cache.maintenance();
-    let _exclusive = maintenance.lock().await;
-    let removal = evict::evict(cache, cap).await?;
+    let exclusive = cache.exclusive().await;
+    let removal = evict::evict(cache, cap, &exclusive).await?;
     let m = cache.metrics();
     m.evictions.inc_by(removal.images.len() as u64);
     m.evicted_bytes.inc_by(removal.bytes);
@@ -105,8 +109,7 @@ pub async fn evict(cache: &Cache, cap: Cap) -> Result<Removal> {
 /// too (otherwise they would keep all of it). Blobs being served stay until a later
 /// eviction or collection. An image the cache does not hold is `MANIFEST_UNKNOWN`.
 pub async fn remove(cache: &Cache, image: &ImageRef) -> Result<Removal> {
-    let maintenance = cache.maintenance();
-    let _exclusive = maintenance.lock().await;
+    let exclusive = cache.exclusive().await;
     let (index, repo) = (cache.index(), &image.repo);
     let (root, tags) = purge_targets(cache, image)?;
     let named = |reference| {
@@ -137,7 +140,7 @@ pub async fn remove(cache: &Cache, image: &ImageRef) -> Result<Removal> {
         Ok((freed, snap.started_ms))
     })
     .await?;
-    (removal.blobs, removal.bytes) = delete(cache, freed, since).await;
+    (removal.blobs, removal.bytes) = delete(cache, freed, since, &exclusive).await;
     Ok(removal)
 }
 
@@ -170,14 +173,13 @@ fn purge_targets(cache: &Cache, image: &ImageRef) -> Result<(Digest, Vec<Tag>)> 
 /// (content pulled by digest only, what evictions and purges left behind while it was being
 /// served, leftovers of tags that moved).
 pub async fn collect(cache: &Cache) -> Result<Removal> {
-    let maintenance = cache.maintenance();
-    let _exclusive = maintenance.lock().await;
+    let exclusive = cache.exclusive().await;
     let (garbage, since) = blocking(cache, |store, index| {
         let snap = Snapshot::take(store, index)?;
         Ok((snap.unreferenced(), snap.started_ms))
     })
     .await?;
-    let (blobs, bytes) = delete(cache, garbage, since).await;
+    let (blobs, bytes) = delete(cache, garbage, since, &exclusive).await;
     Ok(Removal {
         images: Vec::new(),
         blobs,
@@ -206,7 +208,12 @@ where
 /// Delete `blobs`, except those being served or used since `since_ms` (a pull that began
 /// after the scan), and forget the manifests among them. Returns how many blobs and bytes
 /// went. A blob that cannot be deleted is logged and skipped: the rest still go.
-async fn delete(cache: &Cache, blobs: Vec<(Digest, u64)>, since_ms: u64) -> (usize, u64) {
+async fn delete(
+    cache: &Cache,
+    blobs: Vec<(Digest, u64)>,
+    since_ms: u64,
+    _turn: &Exclusive,
+) -> (usize, u64) {
     if blobs.is_empty() {
         return (0, 0);
     }

@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod oci;
+pub mod ops;
 pub mod pattern;
 pub mod preload;
 pub mod progress;

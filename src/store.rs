@@ -220,6 +220,12 @@ pub trait Index: Send + Sync {
     fn probe_writes(&self) {}
     /// Make everything written so far durable.
     fn flush(&self) -> Result<()>;
+    /// A number that changes whenever a tag, link, digest pull or pin is written (access
+    /// times aside), so a caller can skip work that depends only on those; `None` when the
+    /// index cannot tell, and the caller redoes it.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch, for records.

@@ -6,13 +6,11 @@
 use super::body::{self, Body};
 use super::server::Handle;
 use crate::bundle;
-use crate::cache::Cache;
 use crate::error::Error;
-use crate::gc::{self, Cap};
-use crate::inventory;
 use crate::oci::{ImageRef, Registry};
+use crate::ops::Operations;
 use crate::preload;
-use crate::progress::{Event, Progress};
+use crate::progress::Event;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -30,16 +28,12 @@ const MAX_JSON: usize = 1 << 20;
 
 /// The admin API.
 pub struct Admin {
-    /// The cache it operates on.
-    pub cache: Cache,
+    /// The operations it routes to.
+    pub ops: Operations,
     /// The bearer token `/admin/` requires.
     pub token: String,
     /// Registry of references that name none.
     pub default_registry: Registry,
-    /// The size cap, if any (for eviction after imports and preloads).
-    pub cap: Option<Cap>,
-    /// Set while a verify runs (one at a time: it reads the whole store).
-    pub verifying: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handle for Admin {
@@ -71,7 +65,7 @@ impl Admin {
             (Method::GET, "/healthz") => Ok(text("ok\n")),
             (Method::GET, "/readyz") => self.ready(),
             (Method::GET, "/metrics") => {
-                let mut r = Response::new(body::full(self.cache.metrics().render()));
+                let mut r = Response::new(body::full(self.ops.cache().metrics().render()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -97,15 +91,8 @@ impl Admin {
     }
 
     fn ready(&self) -> Answer {
-        self.cache.index().tags(&crate::oci::Repository {
-            registry: self.default_registry.clone(),
-            name: "library/readyz".parse().map_err(Failure::from)?,
-        })?;
-        if let Some(why) = self.cache.write_trouble() {
-            return Err(Failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cached content is served, but new content cannot be stored: {why}"),
-            ));
+        if let Some(why) = self.ops.unready(&self.default_registry)? {
+            return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, why));
         }
         Ok(text("ready\n"))
     }
@@ -126,21 +113,25 @@ impl Admin {
     }
 
     async fn operation(&self, req: Request<Incoming>, method: &Method, path: &str) -> Answer {
+        let ops = &self.ops;
         match (method, path) {
-            (&Method::GET, "/admin/images") => self.images().await,
+            (&Method::GET, "/admin/images") => Ok(json(&ops.images().await?)),
             (&Method::POST, "/admin/preload") => self.preload(read_json(req).await?),
             (&Method::POST, "/admin/pin") => self.pin(read_json(req).await?, true).await,
             (&Method::POST, "/admin/unpin") => self.pin(read_json(req).await?, false).await,
-            (&Method::POST, "/admin/rm") => self.remove(read_json(req).await?).await,
-            (&Method::POST, "/admin/gc") => Ok(json(&gc::collect(&self.cache).await?)),
-            (&Method::POST, "/admin/evict") => self.evict().await,
-            (&Method::GET, "/admin/usage") => {
-                let cache = self.cache.clone();
-                let usage = tokio::task::spawn_blocking(move || gc::usage(&cache))
-                    .await
-                    .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-                Ok(json(&usage))
+            (&Method::POST, "/admin/rm") => {
+                let body: ImageArg = read_json(req).await?;
+                Ok(json(&ops.remove(&self.image(&body)?).await?))
             }
+            (&Method::POST, "/admin/gc") => Ok(json(&ops.collect().await?)),
+            (&Method::POST, "/admin/evict") => match ops.evict().await? {
+                Some(removal) => Ok(json(&removal)),
+                None => Err(Failure(
+                    StatusCode::BAD_REQUEST,
+                    "no storage.max_size is configured: there is nothing to evict to".into(),
+                )),
+            },
+            (&Method::GET, "/admin/usage") => Ok(json(&ops.usage().await?)),
             (&Method::POST, "/admin/verify") => self.verify(),
             (&Method::POST, "/admin/export") => self.export(read_json(req).await?).await,
             (&Method::POST, "/admin/import") => Ok(self.import(req)),
@@ -151,26 +142,14 @@ impl Admin {
         }
     }
 
-    async fn images(&self) -> Answer {
-        let (store, index) = (self.cache.store().clone(), self.cache.index().clone());
-        let images =
-            tokio::task::spawn_blocking(move || inventory::images(store.as_ref(), index.as_ref()))
-                .await
-                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-        Ok(json(
-            &images.iter().map(ImageSummary::from).collect::<Vec<_>>(),
-        ))
+    fn image(&self, arg: &ImageArg) -> Result<ImageRef, Failure> {
+        Ok(ImageRef::parse(&arg.image, &self.default_registry)?)
     }
 
     fn preload(&self, request: preload::Request) -> Answer {
-        let (cache, default, cap) = (self.cache.clone(), self.default_registry.clone(), self.cap);
+        let (ops, default) = (self.ops.clone(), self.default_registry.clone());
         Ok(stream_events("preload", true, move |progress| async move {
-            let report = preload::preload(&cache, &default, &request, &progress).await;
-            // Eviction is not the client's to cancel: it holds the maintenance lock and
-            // deletes in the blocking pool, so it runs to its end on its own.
-            if let Some(cap) = cap {
-                let _ = tokio::spawn(async move { gc::evict(&cache, cap).await }).await;
-            }
+            let report = ops.preload(&default, &request, &progress).await;
             Event::Report {
                 ok: report.ok,
                 report: serde_json::to_value(&report).unwrap_or_default(),
@@ -179,59 +158,20 @@ impl Admin {
     }
 
     async fn pin(&self, body: ImageArg, pinned: bool) -> Answer {
-        let reference = ImageRef::parse(&body.image, &self.default_registry)?;
-        let name = reference.to_string();
-        // Not while an eviction is deciding what is unpinned.
-        let maintenance = self.cache.maintenance();
-        let _exclusive = maintenance.lock().await;
-        let index = self.cache.index();
-        let before = match (pinned, inventory::resolve(index.as_ref(), &reference)?) {
-            (true, Some(digest)) => index.pin_at(&name, &digest)?,
-            (true, None) => index.set_pinned(&name, true)?,
-            (false, _) => index.set_pinned(&name, false)?,
-        };
-        Ok(json(
-            &serde_json::json!({ "image": name, "pinned": pinned, "changed": before != pinned }),
-        ))
-    }
-
-    async fn remove(&self, body: ImageArg) -> Answer {
-        let reference = ImageRef::parse(&body.image, &self.default_registry)?;
-        Ok(json(&gc::remove(&self.cache, &reference).await?))
-    }
-
-    async fn evict(&self) -> Answer {
-        match self.cap {
-            Some(cap) => Ok(json(&gc::evict(&self.cache, cap).await?)),
-            None => Err(Failure(
-                StatusCode::BAD_REQUEST,
-                "no storage.max_size is configured".into(),
-            )),
-        }
+        Ok(json(&self.ops.pin(&self.image(&body)?, pinned).await?))
     }
 
     fn verify(&self) -> Answer {
-        use std::sync::atomic::Ordering;
-        let running = self.verifying.clone();
-        if running.swap(true, Ordering::SeqCst) {
+        let Some(turn) = self.ops.verify_turn() else {
             return Err(Failure(
                 StatusCode::CONFLICT,
                 "a verify is already running".into(),
             ));
-        }
-        let cache = self.cache.clone();
-        /// Clears the flag however the verify ends (cancelled by its client included).
-        struct Done(std::sync::Arc<std::sync::atomic::AtomicBool>);
-        impl Drop for Done {
-            fn drop(&mut self) {
-                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let done = Done(running);
+        };
+        let ops = self.ops.clone();
+        // The turn ends however the verify does (cancelled by its client included).
         Ok(stream_events("verify", true, move |progress| async move {
-            let _done = done;
-            let result = gc::verify(&cache, &progress).await;
-            match result {
+            match ops.verify(&turn, &progress).await {
                 Ok(r) => Event::Report {
                     ok: r.corrupt.is_empty(),
                     report: serde_json::to_value(&r).unwrap_or_default(),
@@ -243,25 +183,17 @@ impl Admin {
 
     async fn export(&self, body: ExportArg) -> Answer {
         let exclude: HashSet<_> = body.exclude.iter().filter_map(|d| d.parse().ok()).collect();
-        let cache = self.cache.clone();
-        // Planning reads every manifest from disk: off the async runtime.
-        let plan = tokio::task::spawn_blocking(move || {
-            bundle::plan_export(&cache, &body.selection, &exclude)
-        })
-        .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        let plan = self.ops.plan_export(body.selection, exclude).await?;
+        let summary = plan_header(&plan);
+        let export = self.ops.export(plan);
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-        let cache = self.cache.clone();
-        let plan2 = plan.clone();
-        // Everything planned stays put until the archive is written.
-        let holds: Vec<_> = plan.blobs.iter().map(|(d, _)| self.cache.hold(d)).collect();
         tokio::task::spawn_blocking(move || {
-            let _holds = holds;
             let mut out = ChannelWriter {
                 tx: tx.clone(),
                 buf: BytesMut::new(),
             };
-            let result = bundle::write_export(&cache, &plan2, &mut out, &Progress::none())
+            let result = export
+                .write(&mut out)
                 .and_then(|()| out.flush_buf().map_err(Error::from));
             if let Err(e) = result {
                 tracing::error!(error = %e, "export failed");
@@ -275,17 +207,14 @@ impl Admin {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-tar"),
         );
-        if let Ok(v) =
-            HeaderValue::from_str(&serde_json::to_string(&plan_header(&plan)).unwrap_or_default())
-        {
+        if let Ok(v) = HeaderValue::from_str(&serde_json::to_string(&summary).unwrap_or_default()) {
             h.insert("x-airlock-export", v);
         }
         Ok(resp)
     }
 
     fn import(&self, req: Request<Incoming>) -> Response<Body> {
-        let cache = self.cache.clone();
-        let cap = self.cap;
+        let ops = self.ops.clone();
         let body = req
             .into_body()
             .into_data_stream()
@@ -294,41 +223,13 @@ impl Admin {
         // the batch is published its invalidations and eviction must follow.
         stream_events("import", false, move |progress| async move {
             let reader = tokio_util::io::StreamReader::new(body);
-            let cache2 = cache.clone();
-            let imported = tokio::task::spawn_blocking(move || {
-                let mut sync = tokio_util::io::SyncIoBridge::new(reader);
-                bundle::import(&cache2, &mut sync, &progress)
-            })
-            .await;
-            match imported {
-                Ok(Ok(report)) => {
-                    let m = cache.metrics();
-                    m.imports.with_label_values(&["ok"]).inc();
-                    m.import_bytes.inc_by(report.bytes);
-                    for image in &report.images {
-                        if let Ok(r) = ImageRef::parse(image, &Registry::docker_hub())
-                            && let crate::oci::Reference::Tag(t) = &r.reference
-                        {
-                            cache.forget_tag_answer(&r.repo, t).await;
-                        }
-                    }
-                    if let Some(cap) = cap {
-                        let _ = gc::evict(&cache, cap).await;
-                    }
-                    Event::Report {
-                        ok: true,
-                        report: serde_json::to_value(&report).unwrap_or_default(),
-                    }
-                }
-                Ok(Err(e)) => {
-                    cache
-                        .metrics()
-                        .imports
-                        .with_label_values(&["refused"])
-                        .inc();
-                    failed(e)
-                }
-                Err(e) => failed(Error::internal(e)),
+            let input = Box::new(tokio_util::io::SyncIoBridge::new(reader));
+            match ops.import(input, progress).await {
+                Ok(report) => Event::Report {
+                    ok: true,
+                    report: serde_json::to_value(&report).unwrap_or_default(),
+                },
+                Err(e) => failed(e),
             }
         })
     }
@@ -344,46 +245,6 @@ fn failed(e: Error) -> Event {
 /// The export plan's summary, sent as a header before the archive.
 fn plan_header(plan: &bundle::ExportPlan) -> serde_json::Value {
     serde_json::json!({ "images": plan.images.len(), "blobs": plan.blobs.len(), "total_bytes": plan.total_bytes })
-}
-
-/// One image in `cache ls`.
-#[derive(Serialize)]
-struct ImageSummary {
-    image: String,
-    digest: String,
-    media_type: String,
-    size: u64,
-    platforms: Vec<String>,
-    complete: bool,
-    last_access_ms: Option<u64>,
-    fetched_at_ms: u64,
-    pinned: bool,
-}
-
-impl From<&inventory::Image> for ImageSummary {
-    fn from(i: &inventory::Image) -> Self {
-        ImageSummary {
-            image: i.reference.to_string(),
-            digest: i.digest.to_string(),
-            media_type: i.media_type.clone(),
-            size: i.size,
-            platforms: i
-                .closure
-                .platforms
-                .iter()
-                .filter(|p| p.complete)
-                .map(|p| {
-                    p.platform
-                        .as_ref()
-                        .map_or("-".to_string(), |p| p.to_string())
-                })
-                .collect(),
-            complete: i.closure.missing.is_empty(),
-            last_access_ms: i.last_access_ms,
-            fetched_at_ms: i.fetched_at_ms,
-            pinned: i.pinned,
-        }
-    }
 }
 
 #[derive(serde::Deserialize)]
@@ -432,11 +293,11 @@ fn json<T: Serialize>(value: &T) -> Response<Body> {
 /// on), the rest is not started.
 fn stream_events<F, Fut>(what: &'static str, cancellable: bool, op: F) -> Response<Body>
 where
-    F: FnOnce(Progress) -> Fut + Send + 'static,
+    F: FnOnce(crate::progress::Progress) -> Fut + Send + 'static,
     Fut: Future<Output = Event> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel::<Event>();
-    let progress = Progress::to(tx.clone());
+    let progress = crate::progress::Progress::to(tx.clone());
     tokio::spawn(async move {
         if !cancellable {
             let _ = tx.send(op(progress).await);

@@ -6,6 +6,7 @@
 use super::ImportReport;
 use super::complete::{self, Content, Image};
 use super::layout::{self, Entry, LAYOUT_MARKER, LayoutIndex};
+use crate::cache::Exclusive;
 use crate::error::{Error, Result};
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::oci::{Digest, Verifier};
@@ -38,7 +39,7 @@ pub fn import(
     index: &dyn Index,
     input: &mut dyn Read,
     progress: &Progress,
-    exclusive: &dyn Fn() -> Box<dyn std::any::Any>,
+    exclusive: &dyn Fn() -> Exclusive,
 ) -> Result<ImportReport> {
     progress.begin(UNIT, "reading the bundle", None);
     let result = import_inner(store, index, input, progress, exclusive);
@@ -63,7 +64,7 @@ fn import_inner(
     index: &dyn Index,
     input: &mut dyn Read,
     progress: &Progress,
-    exclusive: &dyn Fn() -> Box<dyn std::any::Any>,
+    exclusive: &dyn Fn() -> Exclusive,
 ) -> Result<ImportReport> {
     let mut batch = store.batch()?;
     // Receiving needs no lock (the batch is private): a slow upload holds nothing up.

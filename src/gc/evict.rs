@@ -8,7 +8,7 @@
 
 use super::refs::Snapshot;
 use super::{Cap, Removal, blocking, delete};
-use crate::cache::Cache;
+use crate::cache::{Cache, Exclusive};
 use crate::error::Result;
 use crate::oci::{Digest, Reference};
 use crate::store::Index;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static PINS_OVER_CAP: AtomicBool = AtomicBool::new(false);
 
 /// See [`super::evict`].
-pub(super) async fn evict(cache: &Cache, cap: Cap) -> Result<Removal> {
+pub(super) async fn evict(cache: &Cache, cap: Cap, turn: &Exclusive) -> Result<Removal> {
     let high = (cap.max as f64 * cap.high) as u64;
     let low = (cap.max as f64 * cap.low) as u64;
     // Under the cap a pass costs two counters: nothing is scanned.
@@ -46,8 +46,8 @@ pub(super) async fn evict(cache: &Cache, cap: Cap) -> Result<Removal> {
         return Ok(run.removal);
     }
     warn_if_pins_exceed(snap.pinned_bytes(), low, cap);
-    run.loose(cache, loose).await;
-    run.images(cache, &mut snap).await?;
+    run.loose(cache, loose, turn).await;
+    run.images(cache, &mut snap, turn).await?;
     if run.total > low {
         tracing::debug!(
             total = run.total,
@@ -72,7 +72,7 @@ struct Run {
 
 impl Run {
     /// Delete the oldest loose blobs until the target is reached (in-use ones are kept).
-    async fn loose(&mut self, cache: &Cache, loose: Vec<(Digest, u64)>) {
+    async fn loose(&mut self, cache: &Cache, loose: Vec<(Digest, u64)>, turn: &Exclusive) {
         let mut loose = loose.into_iter().peekable();
         while self.total > self.low && loose.peek().is_some() {
             // Just enough of them to reach the target, if all of them can go.
@@ -83,12 +83,12 @@ impl Run {
                 planned += size;
                 batch.push((d, size));
             }
-            self.delete(cache, batch).await;
+            self.delete(cache, batch, turn).await;
         }
     }
 
     /// Remove whole images, least recently used first, until the target is reached.
-    async fn images(&mut self, cache: &Cache, snap: &mut Snapshot) -> Result<()> {
+    async fn images(&mut self, cache: &Cache, snap: &mut Snapshot, turn: &Exclusive) -> Result<()> {
         for i in snap.lru_order() {
             if self.total <= self.low {
                 break;
@@ -112,13 +112,13 @@ impl Run {
             }
             self.removal.images.push(img.reference().to_string());
             snap.release(i);
-            self.delete(cache, freed).await;
+            self.delete(cache, freed, turn).await;
         }
         Ok(())
     }
 
-    async fn delete(&mut self, cache: &Cache, blobs: Vec<(Digest, u64)>) {
-        let (n, bytes) = delete(cache, blobs, self.since).await;
+    async fn delete(&mut self, cache: &Cache, blobs: Vec<(Digest, u64)>, turn: &Exclusive) {
+        let (n, bytes) = delete(cache, blobs, self.since, turn).await;
         self.removal.blobs += n;
         self.removal.bytes += bytes;
         self.total = self.total.saturating_sub(bytes);

@@ -532,6 +532,11 @@ impl Index for SledIndex {
         }
     }
 
+    fn generation(&self) -> Option<u64> {
+        // Every such write is journaled, and the journal is only appended to while open.
+        self.journal.size().ok()
+    }
+
     fn flush(&self) -> Result<()> {
         self.journal.sync().map_err(err)?;
         let len = self.journal.size().map_err(err)?;

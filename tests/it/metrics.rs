@@ -254,3 +254,55 @@ async fn health_endpoints_answer_and_admin_needs_the_token() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// The usage gauges skip the walk over pins while nothing changes (so an idle cache costs
+/// nothing to watch), yet follow every change: a pull, a pin, an unpin.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_gauges_follow_pulls_and_pins() {
+    let up = FaultyUpstream::start();
+    let img = Image::oci("gauges", &[120_000]);
+    up.add_artifact("org/gauged", "v1", &img);
+    let mut cfg = config(vec![upstream("docker.io", &up.url())]);
+    cfg.storage.eviction_interval = Duration::from_millis(100);
+    let airlock = Airlock::start(cfg).await;
+    let base = admin(&airlock);
+    let token = std::fs::read_to_string(airlock.data().join("admin.token")).unwrap();
+    let admin_post = |op: &'static str| {
+        reqwest::Client::new()
+            .post(format!("{base}/admin/{op}"))
+            .bearer_auth(token.trim())
+            .json(&serde_json::json!({ "image": "org/gauged:v1" }))
+            .send()
+    };
+    // Bounded: 100 scrapes, 100 ms apart.
+    let gauges_become = |want: (f64, f64, f64)| {
+        let airlock = &airlock;
+        async move {
+            let mut last = String::new();
+            for _ in 0..100 {
+                last = scrape(airlock).await;
+                let have = (
+                    value(&last, "airlock_cache_size_bytes", &[]),
+                    value(&last, "airlock_cache_blobs", &[]),
+                    value(&last, "airlock_cache_pinned_bytes", &[]),
+                );
+                if have == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the gauges never became {want:?}:\n{last}");
+        }
+    };
+    gauges_become((0.0, 0.0, 0.0)).await;
+    airlock.pull("org/gauged:v1", &img).await;
+    let stored: u64 = img.manifest.len() as u64
+        + img.config.data.len() as u64
+        + img.layers.iter().map(|l| l.data.len() as u64).sum::<u64>();
+    let blobs = 2.0 + img.layers.len() as f64;
+    gauges_become((stored as f64, blobs, 0.0)).await;
+    assert_eq!(admin_post("pin").await.unwrap().status(), 200);
+    gauges_become((stored as f64, blobs, stored as f64)).await;
+    assert_eq!(admin_post("unpin").await.unwrap().status(), 200);
+    gauges_become((stored as f64, blobs, 0.0)).await;
+}

@@ -1,0 +1,285 @@
+//! The cache's operations, as the admin API (and through it every `airlock` command) runs
+//! them: listing, usage, pinning, purges, collection, eviction, verification, preloads,
+//! imports and export plans. Each takes its turn on the maintenance lock where it must, runs
+//! its blocking parts off the async runtime, and does what follows it (an import forgets the
+//! hot tag answers it replaced and evicts down to the cap). The admin API only routes and
+//! encodes.
+
+use crate::bundle::{self, ExportPlan, ImportReport, Selection};
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::gc::{self, Cap, Removal, Usage, VerifyReport};
+use crate::inventory;
+use crate::oci::{Digest, ImageRef, Reference, Registry};
+use crate::preload;
+use crate::progress::Progress;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One image in `cache ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// Its reference.
+    pub image: String,
+    /// The manifest's digest.
+    pub digest: String,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// Bytes stored for it.
+    pub size: u64,
+    /// The platforms it holds completely.
+    pub platforms: Vec<String>,
+    /// Whether every blob of it is stored.
+    pub complete: bool,
+    /// Last pull, in milliseconds since the Unix epoch.
+    pub last_access_ms: Option<u64>,
+    /// When the upstream last confirmed its tag.
+    pub fetched_at_ms: u64,
+    /// Whether a pin protects it.
+    pub pinned: bool,
+}
+
+impl From<&inventory::Image> for ImageSummary {
+    fn from(i: &inventory::Image) -> Self {
+        ImageSummary {
+            image: i.reference.to_string(),
+            digest: i.digest.to_string(),
+            media_type: i.media_type.clone(),
+            size: i.size,
+            platforms: i
+                .closure
+                .platforms
+                .iter()
+                .filter(|p| p.complete)
+                .map(|p| p.platform.as_ref().map_or("-".into(), |p| p.to_string()))
+                .collect(),
+            complete: i.closure.missing.is_empty(),
+            last_access_ms: i.last_access_ms,
+            fetched_at_ms: i.fetched_at_ms,
+            pinned: i.pinned,
+        }
+    }
+}
+
+/// What a pin or unpin did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinChange {
+    /// The reference, in full.
+    pub image: String,
+    /// Pinned now.
+    pub pinned: bool,
+    /// Whether that changed anything.
+    pub changed: bool,
+}
+
+/// The cache's operations and what they share.
+#[derive(Clone)]
+pub struct Operations {
+    cache: Cache,
+    cap: Option<Cap>,
+    verifying: Arc<AtomicBool>,
+}
+
+/// Held while a verify runs: one at a time, since it reads the whole store.
+pub struct VerifyTurn(Arc<AtomicBool>);
+
+impl Drop for VerifyTurn {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Operations {
+    /// Operations on `cache`, evicting down to `cap` (if any) after what adds content.
+    pub fn new(cache: Cache, cap: Option<Cap>) -> Operations {
+        Operations {
+            cache,
+            cap,
+            verifying: Arc::default(),
+        }
+    }
+
+    /// Every cached image, as `cache ls` shows it.
+    pub async fn images(&self) -> Result<Vec<ImageSummary>> {
+        let cache = self.cache.clone();
+        blocking(move || {
+            let images = inventory::images(cache.store().as_ref(), cache.index().as_ref())?;
+            Ok(images.iter().map(ImageSummary::from).collect())
+        })
+        .await
+    }
+
+    /// What the store holds.
+    pub async fn usage(&self) -> Result<Usage> {
+        let cache = self.cache.clone();
+        blocking(move || gc::usage(&cache)).await
+    }
+
+    /// Pin (or unpin) an image: a pin by tag holds the digest the tag resolves to now.
+    pub async fn pin(&self, reference: &ImageRef, pinned: bool) -> Result<PinChange> {
+        let name = reference.to_string();
+        // Not while an eviction is deciding what is unpinned.
+        let _turn = self.cache.exclusive().await;
+        let index = self.cache.index();
+        let before = match (pinned, inventory::resolve(index.as_ref(), reference)?) {
+            (true, Some(digest)) => index.pin_at(&name, &digest)?,
+            (true, None) => index.set_pinned(&name, true)?,
+            (false, _) => index.set_pinned(&name, false)?,
+        };
+        Ok(PinChange {
+            image: name,
+            pinned,
+            changed: before != pinned,
+        })
+    }
+
+    /// Purge an image and what only it uses.
+    pub async fn remove(&self, reference: &ImageRef) -> Result<Removal> {
+        gc::remove(&self.cache, reference).await
+    }
+
+    /// Remove what nothing tagged or pinned reaches.
+    pub async fn collect(&self) -> Result<Removal> {
+        gc::collect(&self.cache).await
+    }
+
+    /// Evict down to the cap; `None` without one.
+    pub async fn evict(&self) -> Result<Option<Removal>> {
+        match self.cap {
+            Some(cap) => gc::evict(&self.cache, cap).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Evict after content came in; failures are logged (what came in stays).
+    async fn evict_after(&self, what: &str) {
+        if let Some(cap) = self.cap {
+            let cache = self.cache.clone();
+            // Not cancelled with the client that caused it: it holds the maintenance lock
+            // and deletes in the blocking pool, so it runs to its end on its own.
+            match tokio::spawn(async move { gc::evict(&cache, cap).await }).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(after = what, error = %e, "eviction failed"),
+                Err(e) => tracing::warn!(after = what, error = %e, "eviction task failed"),
+            }
+        }
+    }
+
+    /// The turn to verify, unless a verify is running.
+    pub fn verify_turn(&self) -> Option<VerifyTurn> {
+        (!self.verifying.swap(true, Ordering::SeqCst)).then(|| VerifyTurn(self.verifying.clone()))
+    }
+
+    /// Re-hash every stored blob (holding the turn).
+    pub async fn verify(&self, _turn: &VerifyTurn, progress: &Progress) -> Result<VerifyReport> {
+        gc::verify(&self.cache, progress).await
+    }
+
+    /// Bring images in, pin them, report whether each would pull offline; then evict.
+    pub async fn preload(
+        &self,
+        default: &Registry,
+        request: &preload::Request,
+        progress: &Progress,
+    ) -> preload::Report {
+        let report = preload::preload(&self.cache, default, request, progress).await;
+        self.evict_after("preload").await;
+        report
+    }
+
+    /// Read a bundle into the cache (verified, published, recorded, pinned); then forget the
+    /// hot tag answers it replaced and evict. Counted in the import metrics.
+    pub async fn import(
+        &self,
+        input: Box<dyn Read + Send>,
+        progress: Progress,
+    ) -> Result<ImportReport> {
+        let cache = self.cache.clone();
+        let imported = blocking(move || {
+            let mut input = input;
+            bundle::import(&cache, &mut input, &progress)
+        })
+        .await;
+        let m = self.cache.metrics();
+        let report = match imported {
+            Ok(r) => r,
+            Err(e) => {
+                m.imports.with_label_values(&["refused"]).inc();
+                return Err(e);
+            }
+        };
+        m.imports.with_label_values(&["ok"]).inc();
+        m.import_bytes.inc_by(report.bytes);
+        for image in &report.images {
+            if let Ok(r) = ImageRef::parse(image, &Registry::docker_hub())
+                && let Reference::Tag(t) = &r.reference
+            {
+                self.cache.forget_tag_answer(&r.repo, t).await;
+            }
+        }
+        self.evict_after("import").await;
+        Ok(report)
+    }
+
+    /// What an export of `selection` carries, leaving out the blobs in `exclude`.
+    pub async fn plan_export(
+        &self,
+        selection: Selection,
+        exclude: HashSet<Digest>,
+    ) -> Result<ExportPlan> {
+        let cache = self.cache.clone();
+        // Planning reads every manifest from disk.
+        blocking(move || bundle::plan_export(&cache, &selection, &exclude)).await
+    }
+
+    /// An export of `plan`: everything it names stays put until it is written.
+    pub fn export(&self, plan: ExportPlan) -> Export {
+        let holds = plan.blobs.iter().map(|(d, _)| self.cache.hold(d)).collect();
+        Export {
+            cache: self.cache.clone(),
+            plan,
+            _holds: holds,
+        }
+    }
+
+    /// Why the server is not ready (the index does not answer, or new content cannot be
+    /// stored), or `None` when it is.
+    pub fn unready(&self, default: &Registry) -> Result<Option<String>> {
+        self.cache.index().tags(&crate::oci::Repository {
+            registry: default.clone(),
+            name: "library/readyz".parse()?,
+        })?;
+        Ok(self.cache.write_trouble().map(|why| {
+            format!("cached content is served, but new content cannot be stored: {why}")
+        }))
+    }
+
+    /// The cache these operations work on.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+/// A planned export, holding its blobs.
+pub struct Export {
+    cache: Cache,
+    plan: ExportPlan,
+    _holds: Vec<crate::cache::Hold>,
+}
+
+impl Export {
+    /// Write the bundle (blocking).
+    pub fn write(self, out: &mut dyn std::io::Write) -> Result<()> {
+        bundle::write_export(&self.cache, &self.plan, out, &Progress::none())
+    }
+}
+
+/// Run `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(Error::internal)?
+}
