@@ -1,7 +1,8 @@
-//! The one error type. Each variant knows its OCI error code and HTTP status, so the API layer
-//! maps any failure to a registry error in one place (`api::errors`).
+//! The one error type, and the one table ([`Error::answer`]) that gives each variant its OCI
+//! error code, HTTP status and header, from which `api::errors` builds every error response
+//! of the registry and the admin API.
 
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use std::sync::Arc;
 
 /// Result with the crate's [`Error`].
@@ -40,6 +41,10 @@ pub enum Error {
     /// A method or endpoint this read-only cache does not offer.
     #[error("{0}")]
     Unsupported(String),
+    /// A request airlock cannot carry out as sent (an admin request whose JSON does not
+    /// parse, an operation the configuration does not allow): answered with 400.
+    #[error("{0}")]
+    BadRequest(String),
     /// The same as [`Error::Unsupported`] but for methods: answered with 405.
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -97,49 +102,77 @@ pub enum Error {
     Internal(Arc<str>),
 }
 
+/// How an [`Error`] is answered: its OCI error code, its HTTP status, and the header its
+/// answer needs (if any). `WWW-Authenticate` is not here: its realm depends on the request,
+/// so the handler adds it to [`Error::AuthRequired`] answers.
+pub struct Answer {
+    /// The OCI distribution spec error code for the response body.
+    pub code: &'static str,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A header the answer carries.
+    pub header: Option<(HeaderName, HeaderValue)>,
+}
+
 impl Error {
+    /// The one table: every error's code, status and header.
+    pub fn answer(&self) -> Answer {
+        use StatusCode as S;
+        let (code, status) = match self {
+            Error::NameInvalid(_) => ("NAME_INVALID", S::BAD_REQUEST),
+            Error::NameUnknown(_) => ("NAME_UNKNOWN", S::NOT_FOUND),
+            Error::DigestInvalid(_) => ("DIGEST_INVALID", S::BAD_REQUEST),
+            Error::PaginationInvalid(_) => ("PAGINATION_NUMBER_INVALID", S::BAD_REQUEST),
+            Error::ManifestUnknown(_) => ("MANIFEST_UNKNOWN", S::NOT_FOUND),
+            Error::BlobUnknown(_) => ("BLOB_UNKNOWN", S::NOT_FOUND),
+            Error::RangeNotSatisfiable { .. } => ("BLOB_UNKNOWN", S::RANGE_NOT_SATISFIABLE),
+            Error::Unsupported(_) => ("UNSUPPORTED", S::NOT_FOUND),
+            Error::BadRequest(_) => ("UNSUPPORTED", S::BAD_REQUEST),
+            Error::MethodNotAllowed(_) => ("UNSUPPORTED", S::METHOD_NOT_ALLOWED),
+            Error::HeadersTooLarge { .. } => ("UNSUPPORTED", S::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            Error::Unauthorized { .. } | Error::AuthRequired(_) => {
+                ("UNAUTHORIZED", S::UNAUTHORIZED)
+            }
+            Error::Denied(_) => ("DENIED", S::FORBIDDEN),
+            Error::TooManyRequests(_) | Error::Throttled(_) => {
+                ("TOOMANYREQUESTS", S::TOO_MANY_REQUESTS)
+            }
+            Error::UpstreamUnavailable { .. } | Error::StorageFull(_) => {
+                ("UNAVAILABLE", S::SERVICE_UNAVAILABLE)
+            }
+            Error::UpstreamInvalid { .. } => ("UNKNOWN", S::BAD_GATEWAY),
+            Error::Internal(_) => ("UNKNOWN", S::INTERNAL_SERVER_ERROR),
+        };
+        let header = match self {
+            Error::MethodNotAllowed(_) => {
+                Some((header::ALLOW, HeaderValue::from_static("GET, HEAD")))
+            }
+            Error::RangeNotSatisfiable { size } => {
+                HeaderValue::from_str(&format!("bytes */{size}"))
+                    .ok()
+                    .map(|v| (header::CONTENT_RANGE, v))
+            }
+            // The upstream asked us to wait: so must the client.
+            Error::TooManyRequests(_) => {
+                Some((header::RETRY_AFTER, HeaderValue::from_static("10")))
+            }
+            _ => None,
+        };
+        Answer {
+            code,
+            status,
+            header,
+        }
+    }
+
     /// The OCI distribution spec error code for the response body.
     pub fn code(&self) -> &'static str {
-        match self {
-            Error::NameInvalid(_) => "NAME_INVALID",
-            Error::NameUnknown(_) => "NAME_UNKNOWN",
-            Error::DigestInvalid(_) => "DIGEST_INVALID",
-            Error::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
-            Error::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
-            Error::BlobUnknown(_) | Error::RangeNotSatisfiable { .. } => "BLOB_UNKNOWN",
-            Error::Unsupported(_) | Error::MethodNotAllowed(_) | Error::HeadersTooLarge { .. } => {
-                "UNSUPPORTED"
-            }
-            Error::Unauthorized { .. } | Error::AuthRequired(_) => "UNAUTHORIZED",
-            Error::Denied(_) => "DENIED",
-            Error::TooManyRequests(_) | Error::Throttled(_) => "TOOMANYREQUESTS",
-            Error::UpstreamUnavailable { .. } | Error::StorageFull(_) => "UNAVAILABLE",
-            Error::UpstreamInvalid { .. } | Error::Internal(_) => "UNKNOWN",
-        }
+        self.answer().code
     }
 
     /// The HTTP status to answer with.
     pub fn status(&self) -> StatusCode {
-        match self {
-            Error::NameInvalid(_) | Error::DigestInvalid(_) | Error::PaginationInvalid(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            Error::NameUnknown(_) | Error::ManifestUnknown(_) | Error::BlobUnknown(_) => {
-                StatusCode::NOT_FOUND
-            }
-            Error::Unsupported(_) => StatusCode::NOT_FOUND,
-            Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Error::Unauthorized { .. } | Error::AuthRequired(_) => StatusCode::UNAUTHORIZED,
-            Error::Denied(_) => StatusCode::FORBIDDEN,
-            Error::TooManyRequests(_) | Error::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::UpstreamUnavailable { .. } | Error::StorageFull(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Error::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.answer().status
     }
 
     /// True when the upstream could not give an answer at all (down, timing out, 5xx, 429):

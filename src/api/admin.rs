@@ -13,7 +13,7 @@ use crate::preload;
 use crate::progress::Event;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -46,16 +46,8 @@ impl Handle for Admin {
     }
 }
 
-/// An admin failure: status and message (JSON `{"error": …}`).
-struct Failure(StatusCode, String);
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure(e.status(), e.to_string())
-    }
-}
-
-type Answer = Result<Response<Body>, Failure>;
+/// An answer, or the error it is (answered in the registry's error shape, `api::errors`).
+type Answer = Result<Response<Body>, Error>;
 
 impl Admin {
     async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
@@ -76,28 +68,23 @@ impl Admin {
                 Ok(()) => self.operation(req, &method, &path).await,
                 Err(f) => Err(f),
             },
-            _ => Err(Failure(
-                StatusCode::NOT_FOUND,
-                format!("{path} is not an admin endpoint"),
-            )),
+            _ => Err(Error::Unsupported(format!(
+                "{path} is not an admin endpoint"
+            ))),
         };
-        let resp = result.unwrap_or_else(|Failure(status, message)| {
-            let mut r = json(&serde_json::json!({ "error": message }));
-            *r.status_mut() = status;
-            r
-        });
+        let resp = result.unwrap_or_else(|e| super::errors::response(&e, method == Method::HEAD));
         tracing::debug!(%method, %path, status = resp.status().as_u16(), "admin");
         resp
     }
 
     fn ready(&self) -> Answer {
         if let Some(why) = self.ops.unready(&self.default_registry)? {
-            return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, why));
+            return Err(Error::StorageFull(why));
         }
         Ok(text("ready\n"))
     }
 
-    fn authorized<B>(&self, req: &Request<B>) -> Result<(), Failure> {
+    fn authorized<B>(&self, req: &Request<B>) -> Result<(), Error> {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -105,8 +92,7 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(t) if constant_time_eq(t.as_bytes(), self.token.as_bytes()) => Ok(()),
-            _ => Err(Failure(
-                StatusCode::UNAUTHORIZED,
+            _ => Err(Error::AuthRequired(
                 "the admin API needs the token in <data>/admin.token".into(),
             )),
         }
@@ -126,8 +112,7 @@ impl Admin {
             (&Method::POST, "/admin/gc") => Ok(json(&ops.collect().await?)),
             (&Method::POST, "/admin/evict") => match ops.evict().await? {
                 Some(removal) => Ok(json(&removal)),
-                None => Err(Failure(
-                    StatusCode::BAD_REQUEST,
+                None => Err(Error::BadRequest(
                     "no storage.max_size is configured: there is nothing to evict to".into(),
                 )),
             },
@@ -135,15 +120,14 @@ impl Admin {
             (&Method::POST, "/admin/verify") => self.verify(),
             (&Method::POST, "/admin/export") => self.export(read_json(req).await?).await,
             (&Method::POST, "/admin/import") => Ok(self.import(req)),
-            _ => Err(Failure(
-                StatusCode::NOT_FOUND,
-                format!("{method} {path} is not an admin operation"),
-            )),
+            _ => Err(Error::Unsupported(format!(
+                "{method} {path} is not an admin operation"
+            ))),
         }
     }
 
-    fn image(&self, arg: &ImageArg) -> Result<ImageRef, Failure> {
-        Ok(ImageRef::parse(&arg.image, &self.default_registry)?)
+    fn image(&self, arg: &ImageArg) -> Result<ImageRef, Error> {
+        ImageRef::parse(&arg.image, &self.default_registry)
     }
 
     fn preload(&self, request: preload::Request) -> Answer {
@@ -163,9 +147,8 @@ impl Admin {
 
     fn verify(&self) -> Answer {
         let Some(turn) = self.ops.verify_turn() else {
-            return Err(Failure(
-                StatusCode::CONFLICT,
-                "a verify is already running".into(),
+            return Err(Error::Throttled(
+                "a verify is already running: try again when it ends".into(),
             ));
         };
         let ops = self.ops.clone();
@@ -260,14 +243,13 @@ struct ExportArg {
     exclude: Vec<String>,
 }
 
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Failure> {
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Error> {
     let bytes = Limited::new(req.into_body(), MAX_JSON)
         .collect()
         .await
-        .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("reading the request: {e}")))?
+        .map_err(|e| Error::BadRequest(format!("reading the request: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("bad request JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest(format!("bad request JSON: {e}")))
 }
 
 fn text(s: &'static str) -> Response<Body> {

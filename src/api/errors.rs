@@ -1,5 +1,6 @@
-//! The one mapping from [`Error`] to an HTTP response: status, OCI error JSON
-//! (`{"errors":[{"code":…,"message":…,"detail":…}]}`) and the headers some codes need.
+//! The one mapping from [`Error`] to an HTTP response, for the registry API and the admin
+//! API alike: the status, code and header from [`Error::answer`], and the OCI error JSON
+//! (`{"errors":[{"code":…,"message":…,"detail":…}]}`).
 
 use super::body::{self, Body};
 use crate::error::Error;
@@ -7,8 +8,9 @@ use http::{HeaderValue, Response, header};
 
 /// The registry error response for `err` (without a body for `HEAD`).
 pub fn response(err: &Error, head: bool) -> Response<Body> {
+    let answer = err.answer();
     let json = serde_json::json!({
-        "errors": [{ "code": err.code(), "message": err.to_string(), "detail": serde_json::Value::Null }]
+        "errors": [{ "code": answer.code, "message": err.to_string(), "detail": serde_json::Value::Null }]
     });
     let bytes = serde_json::to_vec(&json).unwrap_or_default();
     let len = bytes.len();
@@ -17,26 +19,15 @@ pub fn response(err: &Error, head: bool) -> Response<Body> {
     } else {
         body::full(bytes)
     });
-    *resp.status_mut() = err.status();
+    *resp.status_mut() = answer.status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    match err {
-        Error::MethodNotAllowed(_) => {
-            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        }
-        Error::RangeNotSatisfiable { size } => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                h.insert(header::CONTENT_RANGE, v);
-            }
-        }
-        Error::TooManyRequests(_) => {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-        }
-        _ => {}
+    if let Some((name, value)) = answer.header {
+        h.insert(name, value);
     }
     resp
 }

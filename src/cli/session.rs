@@ -82,10 +82,11 @@ impl Session {
             return Ok(resp);
         }
         let status = resp.status();
+        // The registry's error shape: {"errors":[{"code","message","detail"}]}.
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         bail!(
             "{}",
-            body["error"]
+            body["errors"][0]["message"]
                 .as_str()
                 .map_or_else(|| status.to_string(), str::to_string)
         )

@@ -253,6 +253,51 @@ async fn health_endpoints_answer_and_admin_needs_the_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+
+    // Its errors come in the registry's one shape, code and status from the one table.
+    let no_token = reqwest::get(format!("{base}/admin/images")).await.unwrap();
+    let bad_json = reqwest::Client::new()
+        .post(format!("{base}/admin/pin"))
+        .bearer_auth(token.trim())
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let unknown = reqwest::Client::new()
+        .post(format!("{base}/admin/reticulate"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    let no_cap = reqwest::Client::new()
+        .post(format!("{base}/admin/evict"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    for (resp, status, code, says) in [
+        (no_token, 401, "UNAUTHORIZED", "admin.token"),
+        (bad_json, 400, "UNSUPPORTED", "bad request JSON"),
+        (
+            unknown,
+            404,
+            "UNSUPPORTED",
+            "POST /admin/reticulate is not an admin operation",
+        ),
+        (
+            no_cap,
+            400,
+            "UNSUPPORTED",
+            "no storage.max_size is configured",
+        ),
+    ] {
+        assert_eq!(resp.status(), status, "{says}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], code, "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
 }
 
 /// The usage gauges skip the walk over pins while nothing changes (so an idle cache costs
