@@ -246,35 +246,27 @@ async fn health_endpoints_answer_and_admin_needs_the_token() {
         0o600
     );
     let token = std::fs::read_to_string(token_file).unwrap();
-    let resp = reqwest::Client::new()
-        .get(format!("{base}/admin/images"))
-        .bearer_auth(token.trim())
-        .send()
+    let client = reqwest::Client::new();
+    let admin = |method: reqwest::Method, path: &str, body: &'static str| {
+        client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token.trim())
+            .body(body)
+            .send()
+    };
+    let resp = admin(reqwest::Method::GET, "/admin/images", "")
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
 
     // Its errors come in the registry's one shape, code and status from the one table.
     let no_token = reqwest::get(format!("{base}/admin/images")).await.unwrap();
-    let bad_json = reqwest::Client::new()
-        .post(format!("{base}/admin/pin"))
-        .bearer_auth(token.trim())
-        .body("{not json")
-        .send()
+    let post = |path| admin(reqwest::Method::POST, path, "");
+    let bad_json = admin(reqwest::Method::POST, "/admin/pin", "{not json")
         .await
         .unwrap();
-    let unknown = reqwest::Client::new()
-        .post(format!("{base}/admin/reticulate"))
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap();
-    let no_cap = reqwest::Client::new()
-        .post(format!("{base}/admin/evict"))
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap();
+    let unknown = post("/admin/reticulate").await.unwrap();
+    let no_cap = post("/admin/evict").await.unwrap();
     for (resp, status, code, says) in [
         (no_token, 401, "UNAUTHORIZED", "admin.token"),
         (bad_json, 400, "UNSUPPORTED", "bad request JSON"),
