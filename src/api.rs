@@ -8,6 +8,7 @@ mod handler;
 mod limits;
 pub mod range;
 pub mod route;
+mod sendfile;
 pub mod server;
 pub mod tls;
 mod token;

@@ -16,11 +16,15 @@ mod hot;
 mod inuse;
 mod maintenance;
 mod manifests;
+mod mapped;
 mod reader;
 mod tags;
 
 pub use inuse::Hold;
 pub use maintenance::{Exclusive, Maintenance};
+#[cfg(test)]
+pub(crate) use mapped::chunk;
+pub use mapped::{Span, span};
 pub use reader::{BlobSource, BlobStream};
 
 use crate::error::{Error, Result};

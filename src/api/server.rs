@@ -4,6 +4,7 @@
 
 use super::body::Body;
 use super::limits::{self, Admission, Stall};
+use super::sendfile::Sendfile;
 use crate::config::ConnectionLimits;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -95,13 +96,16 @@ pub async fn serve<H: Handle>(
                 return;
             }
             let activity = limits::Activity::default();
-            let stream = Stall::new(stream, l.stall_timeout, activity.clone());
-            let idle = (l.idle_timeout, activity);
             let result = match tls {
                 None => {
-                    connection(&builder, watcher, TokioIo::new(stream), state, peer, idle).await
+                    let io = Sendfile(stream);
+                    let io = TokioIo::new(Stall::new(io, l.stall_timeout, activity.clone()));
+                    let idle = (l.idle_timeout, activity);
+                    connection(&builder, watcher, io, state, peer, idle).await
                 }
                 Some(acceptor) => {
+                    let stream = Stall::new(stream, l.stall_timeout, activity.clone());
+                    let idle = (l.idle_timeout, activity);
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let io = TokioIo::new(tls);

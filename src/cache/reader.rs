@@ -210,9 +210,13 @@ impl Reader {
     }
 }
 
-/// `n` bytes at `pos`. Read into the buffer's spare capacity, not a zeroed one: zeroing
-/// 512 KiB per chunk cost as much CPU as the read itself (`benches/compare.sh`, blob part).
+/// `n` bytes at `pos`: mapped where they are in the page cache (no copy into a buffer, no
+/// blocking thread), else read on a blocking thread into the buffer's spare capacity, not a
+/// zeroed one (zeroing 512 KiB per chunk cost as much CPU as the read itself).
 async fn read_at(file: Arc<File>, pos: u64, n: u64) -> io::Result<Bytes> {
+    if let Some(chunk) = super::mapped::chunk(&file, pos, n as usize) {
+        return Ok(chunk);
+    }
     tokio::task::spawn_blocking(move || {
         let n = n as usize;
         let mut buf = Vec::with_capacity(n);
