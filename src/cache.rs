@@ -62,7 +62,7 @@ impl Outcome {
 }
 
 /// A manifest, byte for byte as the upstream sent it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Manifest {
     /// Its digest (the sha256 of `bytes`).
     pub digest: Digest,
@@ -70,6 +70,48 @@ pub struct Manifest {
     pub media_type: String,
     /// Its bytes.
     pub bytes: Bytes,
+    /// Its response headers, made once: `Content-Type`, `Docker-Content-Digest`, `ETag`
+    /// (each `None` if it would not be a valid header value).
+    pub headers: [Option<http::HeaderValue>; 3],
+    /// Repositories it is known to be linked in, so that serving it from memory needs no
+    /// index read. Links go only with the whole digest (`Index::forget_blob`), and then
+    /// [`Cache::forget`] drops this manifest from memory, and this list with it.
+    linked: std::sync::RwLock<Vec<Repository>>,
+}
+
+/// How many repositories a manifest in memory remembers it is linked in; past that, the
+/// index is asked.
+const MAX_LINKED: usize = 16;
+
+impl Manifest {
+    /// A verified manifest: `digest` is the sha256 of `bytes`.
+    pub fn new(digest: Digest, media_type: String, bytes: Bytes) -> Manifest {
+        let text = digest.to_string();
+        let value = |s: &str| http::HeaderValue::from_str(s).ok();
+        Manifest {
+            headers: [
+                value(&media_type),
+                value(&text),
+                value(&format!("\"{text}\"")),
+            ],
+            digest,
+            media_type,
+            bytes,
+            linked: Default::default(),
+        }
+    }
+
+    fn known_in(&self, repo: &Repository) -> bool {
+        let linked = self.linked.read().unwrap_or_else(|p| p.into_inner());
+        linked.contains(repo)
+    }
+
+    fn remember_in(&self, repo: &Repository) {
+        let mut linked = self.linked.write().unwrap_or_else(|p| p.into_inner());
+        if linked.len() < MAX_LINKED && !linked.contains(repo) {
+            linked.push(repo.clone());
+        }
+    }
 }
 
 /// A manifest answer.
@@ -263,5 +305,44 @@ impl Cache {
 
     fn blob_unknown(repo: &Repository, digest: &Digest) -> Error {
         Error::BlobUnknown(format!("{digest} is not known in {repo}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(n: &str) -> Repository {
+        Repository {
+            registry: "docker.io".parse().unwrap(),
+            name: n.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_manifest_remembers_only_repositories_it_was_found_in_and_only_so_many() {
+        let bytes = Bytes::from_static(b"{}");
+        let m = Manifest::new(Digest::of(&bytes), "text/x\u{7f}bad".into(), bytes);
+        // An invalid media type gives no header; the digest headers are always valid.
+        assert!(m.headers[0].is_none());
+        let digest = m.digest.to_string();
+        assert_eq!(m.headers[1].as_ref().unwrap(), digest.as_str());
+        assert_eq!(
+            m.headers[2].as_ref().unwrap(),
+            format!("\"{digest}\"").as_str()
+        );
+        assert!(!m.known_in(&repo("a/one")));
+        m.remember_in(&repo("a/one"));
+        m.remember_in(&repo("a/one"));
+        assert!(m.known_in(&repo("a/one")));
+        assert!(
+            !m.known_in(&repo("a/two")),
+            "another name is asked about, never assumed"
+        );
+        for i in 0..2 * MAX_LINKED {
+            m.remember_in(&repo(&format!("b/{i}")));
+        }
+        assert_eq!(m.linked.read().unwrap().len(), MAX_LINKED);
+        assert!(!m.known_in(&repo(&format!("b/{}", MAX_LINKED))));
     }
 }

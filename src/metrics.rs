@@ -79,7 +79,21 @@ pub struct Metrics {
     pub imports: IntCounterVec,
     /// Requests refused by authentication, access rules or the fetch policy, by reason.
     pub auth_denials: IntCounterVec,
+    /// What every request records, resolved once.
+    served: Served,
 }
+
+/// The series every request records, resolved once: no label hashing or map lock per
+/// request. Indexed by kind, method (`GET`, `HEAD`, other) and status class.
+#[derive(Default)]
+struct Served {
+    counts: Vec<IntCounter>,
+    seconds: Vec<prometheus::Histogram>,
+    /// `cache`, `upstream`.
+    bytes: Vec<IntCounter>,
+}
+
+const METHODS: [&str; 3] = ["GET", "HEAD", "other"];
 
 /// One unit of an in-flight gauge, given back when dropped: on completion, on cancellation
 /// (a client that went away) and on a panic alike, so the gauge never leaks.
@@ -116,7 +130,7 @@ impl Metrics {
             )
             .expect("valid metric")
         };
-        let m = Metrics {
+        let mut m = Metrics {
             registry: prometheus::Registry::new(),
             known: registries.iter().map(|r| r.to_string()).collect(),
             requests: counter(
@@ -239,11 +253,63 @@ impl Metrics {
                 "Requests refused: no_credentials, bad_credentials, bad_token, throttled (logins), rule (an access rule), fetch_policy.",
                 &["reason"],
             ),
+            served: Served::default(),
         };
         m.cache_max.set(max_size.unwrap_or(0) as i64);
         m.register();
         m.initialise();
+        m.served = Served {
+            counts: KINDS
+                .iter()
+                .flat_map(|k| METHODS.iter().map(move |me| (k, me)))
+                .flat_map(|(k, me)| STATUS_CLASSES.iter().map(move |c| [*k, *me, *c]))
+                .map(|labels| m.requests.with_label_values(&labels))
+                .collect(),
+            seconds: KINDS
+                .iter()
+                .map(|k| m.request_seconds.with_label_values(&[k]))
+                .collect(),
+            bytes: ["cache", "upstream"]
+                .iter()
+                .map(|s| m.served_bytes.with_label_values(&[s]))
+                .collect(),
+        };
         m
+    }
+
+    /// Count a request answered: by kind (one of [`KINDS`]), method and status, and the
+    /// time it took.
+    pub fn count_request(&self, kind: &str, method: &http::Method, status: u16, seconds: f64) {
+        let method = match *method {
+            http::Method::GET => 0,
+            http::Method::HEAD => 1,
+            _ => 2,
+        };
+        let class = match status {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        };
+        match KINDS.iter().position(|k| *k == kind) {
+            Some(k) => {
+                let at = (k * METHODS.len() + method) * STATUS_CLASSES.len() + class;
+                self.served.counts[at].inc();
+                self.served.seconds[k].observe(seconds);
+            }
+            None => {
+                let labels = [kind, METHODS[method], STATUS_CLASSES[class]];
+                self.requests.with_label_values(&labels).inc();
+                self.request_seconds
+                    .with_label_values(&[kind])
+                    .observe(seconds);
+            }
+        }
+    }
+
+    /// Count body bytes sent to a client, from the cache or fetched for it.
+    pub fn count_served(&self, from_cache: bool, bytes: u64) {
+        self.served.bytes[usize::from(!from_cache)].inc_by(bytes);
     }
 
     fn register(&self) {
@@ -355,6 +421,30 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_under_their_own_labels_through_the_resolved_handles() {
+        let m = Metrics::new(&[Registry::docker_hub()], None);
+        let count = |l: [&str; 3]| m.requests.with_label_values(&l).get();
+        m.count_request("blob", &http::Method::HEAD, 404, 0.01);
+        m.count_request("tags", &http::Method::DELETE, 503, 0.01);
+        m.count_request("manifest", &http::Method::GET, 200, 0.01);
+        m.count_request("manifest", &http::Method::GET, 304, 0.01);
+        assert_eq!(count(["blob", "HEAD", "4xx"]), 1);
+        assert_eq!(count(["tags", "other", "5xx"]), 1);
+        assert_eq!(count(["manifest", "GET", "2xx"]), 1);
+        assert_eq!(count(["manifest", "GET", "3xx"]), 1);
+        assert_eq!(count(["blob", "GET", "4xx"]), 0);
+        let observed = |k: &str| m.request_seconds.with_label_values(&[k]).get_sample_count();
+        assert_eq!(
+            (observed("manifest"), observed("blob"), observed("base")),
+            (2, 1, 0)
+        );
+        m.count_served(true, 10);
+        m.count_served(false, 3);
+        let bytes = |s: &str| m.served_bytes.with_label_values(&[s]).get();
+        assert_eq!((bytes("cache"), bytes("upstream")), (10, 3));
+    }
 
     #[test]
     fn renders_every_family_with_initialised_series() {

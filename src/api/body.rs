@@ -99,29 +99,14 @@ impl LogLine {
     /// Count the request: by kind, method and status; its cache outcome; the bytes it sent.
     fn record(&self, bytes: u64) {
         use crate::cache::Outcome;
-        use crate::metrics::Metrics;
         let m = &self.metrics;
-        let method = match self.method.as_str() {
-            "GET" => "GET",
-            "HEAD" => "HEAD",
-            _ => "other",
-        };
-        m.requests
-            .with_label_values(&[self.kind, method, Metrics::status_class(self.status)])
-            .inc();
-        m.request_seconds
-            .with_label_values(&[self.kind])
-            .observe(self.start.elapsed().as_secs_f64());
+        let seconds = self.start.elapsed().as_secs_f64();
+        m.count_request(self.kind, &self.method, self.status, seconds);
         if let Some(outcome) = self.outcome {
             m.cache_results
                 .with_label_values(&[self.kind, &self.registry, outcome.as_str()])
                 .inc();
-            let source = if outcome == Outcome::Miss {
-                "upstream"
-            } else {
-                "cache"
-            };
-            m.served_bytes.with_label_values(&[source]).inc_by(bytes);
+            m.count_served(outcome != Outcome::Miss, bytes);
         }
     }
 }

@@ -76,24 +76,25 @@ impl State {
             kind: "other",
             ..Meta::default()
         };
-        let realm = self.realm(req.headers(), req.uri());
-        let result = if req.uri().path() == token::PATH {
-            token::answer(self, req, peer, &mut meta.user)
-                .await
-                .map(|r| (r, None))
+        // The request is kept (not handed to the token endpoint) when a challenge may need it.
+        let (result, kept) = if req.uri().path() == token::PATH {
+            let answer = token::answer(self, req, peer, &mut meta.user).await;
+            (answer.map(|r| (r, None)), None)
         } else {
-            self.answer(&req, peer, &mut meta).await
+            (self.answer(&req, peer, &mut meta).await, Some(req))
         };
         let (mut resp, outcome) = match result {
             Ok((r, o)) => (r, o),
             Err(e) => {
                 let mut r = errors::response(&e, head);
-                if matches!(e, Error::AuthRequired(_)) && path != token::PATH {
+                if let (Error::AuthRequired(_), Some(req)) = (&e, &kept) {
+                    let realm = self.realm(req.headers(), req.uri());
                     self.challenge(r.headers_mut(), &realm, meta.path_name.as_deref());
                 }
                 (r, None)
             }
         };
+        drop(kept);
         resp.headers_mut()
             .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
         let line = LogLine {
@@ -249,9 +250,17 @@ impl State {
             body::full(m.bytes.clone())
         });
         let h = r.headers_mut();
-        set(h, header::CONTENT_TYPE, &m.media_type);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        digest_headers(h, &m.digest);
+        let names = [
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static(CONTENT_DIGEST),
+            header::ETAG,
+        ];
+        for (name, value) in names.into_iter().zip(&m.headers) {
+            if let Some(v) = value {
+                h.insert(name, v.clone());
+            }
+        }
         Ok((r, Some(answer.outcome)))
     }
 

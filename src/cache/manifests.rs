@@ -76,11 +76,8 @@ impl Cache {
             return Ok(None);
         };
         match self.tag_record(repo, tag).await? {
-            Some(rec)
-                if accepts(accept, &rec.media_type)
-                    && self.inner.index.is_linked(repo, &rec.digest)? =>
-            {
-                self.load_manifest(&rec.digest).await
+            Some(rec) if accepts(accept, &rec.media_type) => {
+                self.linked_manifest(repo, &rec.digest).await
             }
             _ => Ok(None),
         }
@@ -102,10 +99,7 @@ impl Cache {
                 _ => return Ok(None),
             },
         };
-        if !self.inner.index.is_linked(repo, &digest)? {
-            return Ok(None);
-        }
-        self.load_manifest(&digest).await
+        self.linked_manifest(repo, &digest).await
     }
 
     async fn manifest_slow(
@@ -124,12 +118,10 @@ impl Cache {
                 // answer for everyone: a narrow Accept may get one platform's manifest.
                 let shared = accepts_every_type(&accept);
                 let known = match self.tag_record(repo, tag).await? {
-                    Some(rec)
-                        if accepts(&accept, &rec.media_type)
-                            && self.inner.index.is_linked(repo, &rec.digest)? =>
-                    {
-                        self.load_manifest(&rec.digest).await?.map(|m| (rec, m))
-                    }
+                    Some(rec) if accepts(&accept, &rec.media_type) => self
+                        .linked_manifest(repo, &rec.digest)
+                        .await?
+                        .map(|m| (rec, m)),
                     _ => None,
                 };
                 let unknown = Unknown::Tag(repo.clone(), tag.clone());
@@ -200,8 +192,7 @@ impl Cache {
                 return Ok(None);
             };
             if let Some(d) = &head.digest
-                && self.inner.index.is_linked(repo, d)?
-                && let Some(m) = self.load_manifest(d).await?
+                && let Some(m) = self.linked_manifest(repo, d).await?
             {
                 if shared {
                     self.remember_tag(repo, tag, &m).await?;
@@ -359,12 +350,37 @@ impl Cache {
                 )?;
             }
         }
-        let m = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type: fetched.media_type,
-            bytes,
-        });
+        let m = Arc::new(Manifest::new(digest.clone(), fetched.media_type, bytes));
         inner.hot.manifests.insert(digest, m.clone()).await;
+        Ok(m)
+    }
+
+    /// A stored manifest that is linked in `repo`, from memory or disk. A manifest in memory
+    /// remembers the repositories it was found linked in, so a hot one costs no index read.
+    async fn linked_manifest(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Manifest>>> {
+        let inner = &self.inner;
+        if let Some(m) = inner.hot.manifests.get(digest).await {
+            if !m.known_in(repo) {
+                if !inner.index.is_linked(repo, digest)? {
+                    return Ok(None);
+                }
+                m.remember_in(repo);
+            }
+            let _ = inner.index.touch(digest);
+            return Ok(Some(m));
+        }
+        // Not in memory: the link first, so an unlinked digest costs no read from disk.
+        if !inner.index.is_linked(repo, digest)? {
+            return Ok(None);
+        }
+        let m = self.load_manifest(digest).await?;
+        if let Some(m) = &m {
+            m.remember_in(repo);
+        }
         Ok(m)
     }
 
@@ -398,11 +414,7 @@ impl Cache {
             tracing::error!(%digest, "stored manifest does not match its digest; ignoring it (run a cache verify)");
             return Ok(None);
         }
-        let m = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type,
-            bytes: bytes.into(),
-        });
+        let m = Arc::new(Manifest::new(digest.clone(), media_type, bytes.into()));
         inner.hot.manifests.insert(digest.clone(), m.clone()).await;
         let _ = inner.index.touch(digest);
         Ok(Some(m))
