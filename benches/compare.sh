@@ -17,6 +17,8 @@
 #               time and the upstream's GETs of it counted in its access log; the same 32
 #               straight from the upstream
 #   memory      airlock's peak RSS while 32 clients download the cached 256 MiB blob
+# The manifest and blob measurements start once the server has been idle for 0.5 s, so what
+# the part before left running (a cold pull's fsyncs) is not charged to them.
 # COMPARE_PARTS=cold,manifest,blob,herd,memory (the default) runs a subset. airlock runs
 # with its defaults but for the listeners, storage path and upstream: its request log is on
 # (level info, to a file), as a site runs it.
