@@ -218,6 +218,7 @@ async fn delete(
         return (0, 0);
     }
     let c = cache.clone();
+    let runtime = tokio::runtime::Handle::current();
     let removed = tokio::task::spawn_blocking(move || {
         let mut removed = Vec::new();
         for (digest, size) in blobs {
@@ -233,6 +234,9 @@ async fn delete(
                     {
                         tracing::warn!(%digest, error = %e, "cannot forget a deleted blob in the index");
                     }
+                    // At once, not after the batch: memory must not answer for links the
+                    // index no longer has.
+                    runtime.block_on(c.forget(&digest));
                     removed.push((digest, size))
                 }
                 Ok(false) => {}
@@ -246,8 +250,5 @@ async fn delete(
         tracing::error!(error = %e, "blob deletion task failed");
         Vec::new()
     });
-    for (d, _) in &removed {
-        cache.forget(d).await;
-    }
     (removed.len(), removed.iter().map(|(_, s)| s).sum())
 }

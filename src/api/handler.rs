@@ -292,7 +292,7 @@ impl State {
             .and_then(ByteRange::parse);
         let Some(range) = range else {
             let size = answer.source.size();
-            let mut r = Response::new(body::stream(answer.source.stream(0, None)));
+            let mut r = Response::new(body::stream(answer.source.stream(0, None, !self.tls)));
             if let Some(n) = size {
                 r.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -313,7 +313,7 @@ impl State {
         let (start, end) = range
             .resolve(size)
             .ok_or(Error::RangeNotSatisfiable { size })?;
-        let mut r = Response::new(body::stream(source.stream(start, Some(end))));
+        let mut r = Response::new(body::stream(source.stream(start, Some(end), !self.tls)));
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
         let h = r.headers_mut();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));

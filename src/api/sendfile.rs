@@ -48,6 +48,15 @@ impl Sendfile {
     }
 }
 
+/// Whether `sendfile` failed because the file system does not do it (not because of the
+/// socket or the disk).
+fn unsupported(e: &io::Error) -> bool {
+    let code = e.raw_os_error();
+    [libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP]
+        .map(Some)
+        .contains(&code)
+}
+
 impl AsyncRead for Sendfile {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -81,7 +90,14 @@ impl AsyncWrite for Sendfile {
             .position(|b| !b.is_empty())
             .unwrap_or(bufs.len());
         if let Some(span) = bufs.get(first).and_then(|b| crate::cache::span(b)) {
-            return this.poll_send(cx, &span);
+            match this.poll_send(cx, &span) {
+                // A file system without sendfile (some FUSE and 9p mounts): the mapped
+                // bytes are written as they are.
+                Poll::Ready(Err(e)) if unsupported(&e) => {
+                    return Pin::new(&mut this.0).poll_write_vectored(cx, &bufs[first..=first]);
+                }
+                sent => return sent,
+            }
         }
         let plain = bufs[first..]
             .iter()

@@ -378,7 +378,11 @@ impl Cache {
             return Ok(None);
         }
         let m = self.load_manifest(digest).await?;
-        if let Some(m) = &m {
+        // Asked again now that it is in memory: a purge between the first question and the
+        // insert must not leave a remembered link behind it.
+        if let Some(m) = &m
+            && inner.index.is_linked(repo, digest)?
+        {
             m.remember_in(repo);
         }
         Ok(m)

@@ -1,11 +1,13 @@
-//! Chunks of blobs mapped from their files, and the spans they came from.
+//! Chunks of blobs mapped from their files, and the spans they came from, for connections
+//! that send them with `sendfile`.
 //!
-//! A chunk that is a mapping of its file is sent with one copy instead of two (the page cache
-//! straight into the socket, not into a buffer first), and with no hand-off to a blocking
-//! thread. Better still, a plain-TCP connection recognises a chunk by its address and sends
-//! it with `sendfile` from the file it maps (see `api::sendfile`): no copy at all, and the
-//! mapping's pages are never even touched. That is sound because the bytes at a mapped
-//! address are, by construction, the bytes of the file span it maps.
+//! A plain-TCP connection recognises a mapped chunk by its address and sends it with
+//! `sendfile` from the file it maps (see `api::sendfile`): no copy into a buffer, no hand-off
+//! to a blocking thread, and the mapping's pages are never touched. That is sound because the
+//! bytes at a mapped address are, by construction, the bytes of the file span it maps. TLS
+//! connections, which would have to read the mapping on a worker thread (blocking on the disk
+//! if a page was evicted since, and dying of SIGBUS if the disk then failed), get chunks read
+//! into memory instead.
 //!
 //! Mapping is safe because the bytes mapped are final: a stored blob is renamed into place
 //! only after its bytes hashed to its digest, a fill's spool is only ever appended to, and
@@ -34,6 +36,11 @@ type Regions = BTreeMap<usize, (usize, Arc<File>, u64)>;
 static REGIONS: Mutex<Regions> = Mutex::new(BTreeMap::new());
 /// How many are live: writes look them up only when some are.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// At most this many at once (each is one of the process's memory mappings, which Linux
+/// caps at `vm.max_map_count`, 65 530 by default): clients that hold many chunks unsent, as
+/// HTTP/2 streams with no flow-control window do, get chunks read into memory instead, never
+/// a process that can no longer map anything.
+const MAX_LIVE: usize = 4096;
 
 fn regions() -> std::sync::MutexGuard<'static, Regions> {
     // A panic while holding the lock leaves the map consistent (every change is one call).
@@ -68,6 +75,9 @@ impl Drop for Mapped {
 /// Only for bytes that are final: a stored blob, or the part of a fill's spool already
 /// written.
 pub fn chunk(file: &Arc<File>, pos: u64, n: usize) -> Option<Bytes> {
+    if LIVE.load(Ordering::Relaxed) >= MAX_LIVE {
+        return None;
+    }
     let page = page_size() as u64;
     let start = pos - pos % page;
     let skip = (pos - start) as usize;

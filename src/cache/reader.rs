@@ -118,8 +118,10 @@ impl BlobSource {
         }
     }
 
-    /// The bytes `start..end` (`end` exclusive, `None` for the end of the blob).
-    pub fn stream(self, start: u64, end: Option<u64>) -> BlobStream {
+    /// The bytes `start..end` (`end` exclusive, `None` for the end of the blob). `mapped`:
+    /// chunks in the page cache may be mappings of the file (for a connection that sends
+    /// them with `sendfile`, see `cache::span`) rather than read into memory.
+    pub fn stream(self, start: u64, end: Option<u64>, mapped: bool) -> BlobStream {
         let (file, progress) = match self.kind {
             Kind::Stored(file, n) => (file, Progress::Fixed(n)),
             Kind::Filling(fill) => (fill.file.clone(), Progress::Live(fill.state.clone())),
@@ -130,6 +132,7 @@ impl BlobSource {
             end,
             progress,
             finished: false,
+            mapped,
             _hold: self.hold,
         };
         stream::unfold(reader, |mut r| async move {
@@ -150,6 +153,7 @@ struct Reader {
     end: Option<u64>,
     progress: Progress,
     finished: bool,
+    mapped: bool,
     _hold: Arc<Hold>,
 }
 
@@ -178,7 +182,7 @@ impl Reader {
             let limit = self.end.map_or(readable, |e| e.min(readable));
             if self.pos < limit {
                 let n = (limit - self.pos).min(CHUNK);
-                let item = read_at(self.file.clone(), self.pos, n).await;
+                let item = read_at(self.file.clone(), self.pos, n, self.mapped).await;
                 match &item {
                     Ok(b) => self.pos += b.len() as u64,
                     Err(_) => self.finished = true,
@@ -210,11 +214,11 @@ impl Reader {
     }
 }
 
-/// `n` bytes at `pos`: mapped where they are in the page cache (no copy into a buffer, no
-/// blocking thread), else read on a blocking thread into the buffer's spare capacity, not a
-/// zeroed one (zeroing 512 KiB per chunk cost as much CPU as the read itself).
-async fn read_at(file: Arc<File>, pos: u64, n: u64) -> io::Result<Bytes> {
-    if let Some(chunk) = super::mapped::chunk(&file, pos, n as usize) {
+/// `n` bytes at `pos`: if `mapped`, a mapping where they are in the page cache (no copy
+/// into a buffer, no blocking thread), else read on a blocking thread into the buffer's spare
+/// capacity, not a zeroed one (zeroing 512 KiB per chunk cost as much CPU as the read itself).
+async fn read_at(file: Arc<File>, pos: u64, n: u64, mapped: bool) -> io::Result<Bytes> {
+    if mapped && let Some(chunk) = super::mapped::chunk(&file, pos, n as usize) {
         return Ok(chunk);
     }
     tokio::task::spawn_blocking(move || {
@@ -232,4 +236,41 @@ async fn read_at(file: Arc<File>, pos: u64, n: u64) -> io::Result<Bytes> {
     })
     .await
     .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Digest;
+    use futures_util::TryStreamExt;
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn chunks_are_mappings_only_for_a_connection_that_sends_them_by_sendfile() {
+        let data: Vec<u8> = (0..3u32 << 19).map(|i| (i % 241) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        let f = Arc::new(f);
+        let in_use = super::super::inuse::InUse::default();
+        let digest = Digest::of(&data);
+        for mapped in [false, true] {
+            let source = BlobSource::stored(f.clone(), data.len() as u64, in_use.hold(&digest));
+            let chunks: Vec<Bytes> = source
+                .stream(777, None, mapped)
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(chunks.concat(), &data[777..], "mapped={mapped}");
+            let spans = chunks
+                .iter()
+                .filter(|c| super::super::span(c).is_some())
+                .count();
+            // Just written, so all in the page cache: every chunk or none is a mapping.
+            assert_eq!(
+                spans,
+                if mapped { chunks.len() } else { 0 },
+                "mapped={mapped}"
+            );
+        }
+    }
 }

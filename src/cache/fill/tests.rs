@@ -215,7 +215,7 @@ impl Env {
 
     async fn read_all(&self, fill: Arc<Fill>) -> Vec<u8> {
         let source = BlobSource::filling(fill, self.in_use.hold(&self.digest));
-        let chunks: Vec<Bytes> = source.stream(0, None).try_collect().await.unwrap();
+        let chunks: Vec<Bytes> = source.stream(0, None, false).try_collect().await.unwrap();
         chunks.concat()
     }
 
@@ -250,7 +250,7 @@ async fn readers_get_every_byte_before_the_fsync_and_see_the_blob_only_after() {
     let reader = tokio::spawn({
         let source = BlobSource::filling(fill.clone(), e.in_use.hold(&e.digest));
         async move {
-            let chunks: Vec<Bytes> = source.stream(0, None).try_collect().await.unwrap();
+            let chunks: Vec<Bytes> = source.stream(0, None, false).try_collect().await.unwrap();
             chunks.concat()
         }
     });
