@@ -95,6 +95,16 @@ struct Served {
 
 const METHODS: [&str; 3] = ["GET", "HEAD", "other"];
 
+/// Where a status's class is in [`STATUS_CLASSES`].
+fn class_index(status: u16) -> usize {
+    match status {
+        200..=299 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        _ => 3,
+    }
+}
+
 /// One unit of an in-flight gauge, given back when dropped: on completion, on cancellation
 /// (a client that went away) and on a panic alike, so the gauge never leaks.
 pub struct InFlight(IntGauge);
@@ -258,22 +268,6 @@ impl Metrics {
         m.cache_max.set(max_size.unwrap_or(0) as i64);
         m.register();
         m.initialise();
-        m.served = Served {
-            counts: KINDS
-                .iter()
-                .flat_map(|k| METHODS.iter().map(move |me| (k, me)))
-                .flat_map(|(k, me)| STATUS_CLASSES.iter().map(move |c| [*k, *me, *c]))
-                .map(|labels| m.requests.with_label_values(&labels))
-                .collect(),
-            seconds: KINDS
-                .iter()
-                .map(|k| m.request_seconds.with_label_values(&[k]))
-                .collect(),
-            bytes: ["cache", "upstream"]
-                .iter()
-                .map(|s| m.served_bytes.with_label_values(&[s]))
-                .collect(),
-        };
         m
     }
 
@@ -285,12 +279,7 @@ impl Metrics {
             http::Method::HEAD => 1,
             _ => 2,
         };
-        let class = match status {
-            200..=299 => 0,
-            300..=399 => 1,
-            400..=499 => 2,
-            _ => 3,
-        };
+        let class = class_index(status);
         match KINDS.iter().position(|k| *k == kind) {
             Some(k) => {
                 let at = (k * METHODS.len() + method) * STATUS_CLASSES.len() + class;
@@ -352,18 +341,24 @@ impl Metrics {
     }
 
     /// Series at zero for every known label set, so a rate is defined from the start.
-    fn initialise(&self) {
-        for kind in KINDS {
-            for method in ["GET", "HEAD"] {
-                for status in STATUS_CLASSES {
-                    self.requests.with_label_values(&[kind, method, status]);
-                }
-            }
-            self.request_seconds.with_label_values(&[kind]);
-        }
-        for source in ["cache", "upstream"] {
-            self.served_bytes.with_label_values(&[source]);
-        }
+    /// Resolving the handles every request records makes their series, too.
+    fn initialise(&mut self) {
+        self.served = Served {
+            counts: KINDS
+                .iter()
+                .flat_map(|k| METHODS.iter().map(move |me| (k, me)))
+                .flat_map(|(k, me)| STATUS_CLASSES.iter().map(move |c| [*k, *me, *c]))
+                .map(|labels| self.requests.with_label_values(&labels))
+                .collect(),
+            seconds: KINDS
+                .iter()
+                .map(|k| self.request_seconds.with_label_values(&[k]))
+                .collect(),
+            bytes: ["cache", "upstream"]
+                .iter()
+                .map(|s| self.served_bytes.with_label_values(&[s]))
+                .collect(),
+        };
         for registry in &self.known {
             for kind in ["manifest", "blob", "tags"] {
                 for result in RESULTS {
@@ -402,12 +397,7 @@ impl Metrics {
 
     /// The class of an HTTP status (`2xx` …).
     pub fn status_class(status: u16) -> &'static str {
-        match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        }
+        STATUS_CLASSES[class_index(status)]
     }
 
     /// The Prometheus text exposition.
