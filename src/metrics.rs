@@ -10,6 +10,7 @@ use prometheus::{
     TextEncoder,
 };
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Request kinds.
 pub const KINDS: [&str; 5] = ["manifest", "blob", "tags", "base", "other"];
@@ -30,7 +31,7 @@ pub const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 /// The collectors.
 pub struct Metrics {
     registry: prometheus::Registry,
-    known: HashSet<String>,
+    known: HashSet<Arc<str>>,
     /// Requests answered, by kind, method and status class.
     pub requests: IntCounterVec,
     /// Requests being answered now.
@@ -142,7 +143,7 @@ impl Metrics {
         };
         let mut m = Metrics {
             registry: prometheus::Registry::new(),
-            known: registries.iter().map(|r| r.to_string()).collect(),
+            known: registries.iter().map(|r| Arc::from(r.to_string())).collect(),
             requests: counter(
                 "airlock_requests_total",
                 "Requests answered, by kind, method and status class.",
@@ -368,7 +369,7 @@ impl Metrics {
             }
             for status in STATUS_CLASSES.iter().chain(&["error"]) {
                 self.upstream_requests
-                    .with_label_values(&[registry.as_str(), status]);
+                    .with_label_values(&[&**registry, status]);
             }
             self.upstream_seconds.with_label_values(&[registry]);
             self.upstream_up.with_label_values(&[registry]).set(1);
@@ -384,6 +385,12 @@ impl Metrics {
         for reason in DENIAL_REASONS {
             self.auth_denials.with_label_values(&[reason]);
         }
+    }
+
+    /// The label of `registry` if it is configured, shared (a request's line holds it);
+    /// `None` stands for `other`.
+    pub fn known_registry(&self, registry: &str) -> Option<Arc<str>> {
+        self.known.get(registry).cloned()
     }
 
     /// The label for `registry`: its name if configured, else `other`.

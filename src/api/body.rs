@@ -73,18 +73,18 @@ pub struct LogLine {
     pub start: Instant,
     /// Method.
     pub method: http::Method,
-    /// Path and query.
-    pub path: String,
+    /// The request's URI (its path and query are logged; cloning it copies no bytes).
+    pub uri: http::Uri,
     /// Status sent.
     pub status: u16,
     /// `Content-Length` sent, if any: hyper stops polling a body once that much is out.
     pub length: Option<u64>,
     /// Request kind (`manifest`, `blob`, `tags`, `base`, `other`).
     pub kind: &'static str,
-    /// Registry label (a configured registry or `other`).
-    pub registry: String,
+    /// Registry label, if a configured registry (`other` otherwise).
+    pub registry: Option<std::sync::Arc<str>>,
     /// Who asked: a user name, or `-`.
-    pub user: String,
+    pub user: std::borrow::Cow<'static, str>,
     /// The peer address.
     pub client: std::net::IpAddr,
     /// Cache outcome, when the cache answered.
@@ -104,7 +104,11 @@ impl LogLine {
         m.count_request(self.kind, &self.method, self.status, seconds);
         if let Some(outcome) = self.outcome {
             m.cache_results
-                .with_label_values(&[self.kind, &self.registry, outcome.as_str()])
+                .with_label_values(&[
+                    self.kind,
+                    self.registry.as_deref().unwrap_or("other"),
+                    outcome.as_str(),
+                ])
                 .inc();
             m.count_served(outcome != Outcome::Miss, bytes);
         }
@@ -171,17 +175,16 @@ impl Drop for Logged {
         }
         self.line.record(self.bytes);
         let l = &self.line;
-        tracing::info!(
-            target: "airlock::request",
-            method = %l.method,
-            path = %l.path,
-            status = l.status,
-            user = %l.user,
-            client = %l.client,
-            bytes = self.bytes,
-            cache = l.outcome.map_or("-", crate::cache::Outcome::as_str),
-            transfer = self.outcome,
-            ms = l.start.elapsed().as_millis() as u64,
-        );
+        crate::logging::request(&crate::logging::Request {
+            method: l.method.as_str(),
+            path: l.uri.path_and_query().map_or(l.uri.path(), |p| p.as_str()),
+            status: l.status,
+            user: &l.user,
+            client: l.client,
+            bytes: self.bytes,
+            cache: l.outcome.map_or("-", crate::cache::Outcome::as_str),
+            transfer: self.outcome,
+            ms: l.start.elapsed().as_millis() as u64,
+        });
     }
 }

@@ -6,12 +6,13 @@ use super::errors;
 use super::range::ByteRange;
 use super::route::{Route, Router};
 use super::token;
-use crate::auth::Auth;
+use crate::auth::{Auth, Who};
 use crate::cache::{Cache, Outcome};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Reference, Repository};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,10 +36,9 @@ pub struct State {
 #[derive(Default)]
 struct Meta {
     kind: &'static str,
-    registry: String,
-    /// The repository name as the path wrote it (the scope of a challenge).
-    path_name: Option<String>,
-    /// Who, once identified.
+    /// The registry's label, when it is a configured one.
+    registry: Option<Arc<str>>,
+    /// Who, once identified as a user.
     user: Option<String>,
 }
 
@@ -64,10 +64,7 @@ impl State {
     ) -> Response<Body> {
         let start = Instant::now();
         let head = req.method() == Method::HEAD;
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
+        let uri = req.uri().clone();
         let method = req.method().clone();
         let metrics = self.cache.metrics().clone();
         // Given back however this request ends, also if the client goes away mid-answer.
@@ -89,7 +86,7 @@ impl State {
                 let mut r = errors::response(&e, head);
                 if let (Error::AuthRequired(_), Some(req)) = (&e, &kept) {
                     let realm = self.realm(req.headers(), req.uri());
-                    self.challenge(r.headers_mut(), &realm, meta.path_name.as_deref());
+                    self.challenge(r.headers_mut(), &realm, path_name(req.uri().path()));
                 }
                 (r, None)
             }
@@ -100,11 +97,11 @@ impl State {
         let line = LogLine {
             start,
             method,
-            path,
+            uri,
             status: resp.status().as_u16(),
             kind: meta.kind,
-            registry: metrics.registry_label(&meta.registry).to_string(),
-            user: meta.user.unwrap_or_else(|| "-".into()),
+            registry: meta.registry,
+            user: meta.user.map_or(Cow::Borrowed("-"), Cow::Owned),
             client: peer.ip().to_canonical(),
             outcome,
             metrics: metrics.clone(),
@@ -154,8 +151,7 @@ impl State {
             Route::Tags { repo, .. } => ("tags", Some(repo)),
         };
         meta.kind = kind;
-        meta.registry = repo.map(|r| r.registry.to_string()).unwrap_or_default();
-        meta.path_name = path_name(req.uri().path()).map(str::to_string);
+        meta.registry = repo.and_then(|r| self.cache.metrics().known_registry(r.registry.as_str()));
         let authorization = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -165,13 +161,16 @@ impl State {
             })
             .transpose()?;
         let caller = self.auth.identify(authorization, peer.ip()).await?;
-        meta.user = Some(caller.user_label().to_string());
+        if let Who::User(u) = &caller.who {
+            meta.user = Some(u.name.clone());
+        }
         match repo {
             None => self.auth.base(&caller)?,
-            Some(repo) => {
-                self.auth
-                    .authorize(&caller, repo, meta.path_name.as_deref().unwrap_or_default())?
-            }
+            Some(repo) => self.auth.authorize(
+                &caller,
+                repo,
+                path_name(req.uri().path()).unwrap_or_default(),
+            )?,
         }
         match route {
             Route::Base => {

@@ -8,6 +8,7 @@
 
 use super::{Caller, Who};
 use crate::config::AccessRule;
+use crate::oci::Repository;
 use crate::pattern::{NamePattern, Registries};
 use ipnet::IpNet;
 use std::collections::HashSet;
@@ -112,14 +113,19 @@ impl Rules {
         self.rules.iter().any(|r| !r.anonymous.is_empty())
     }
 
-    /// May `caller` pull `name` (`registry/repository`)?
-    pub fn decide(&self, caller: &Caller, name: &str) -> Decision {
+    /// May `caller` pull `repo`?
+    pub fn decide(&self, caller: &Caller, repo: &Repository) -> Decision {
         if self.rules.is_empty() {
             return match (&caller.who, self.auth) {
                 (Who::Anonymous, true) => Decision::Challenge("authentication is required".into()),
                 _ => Decision::Allow,
             };
         }
+        self.decide_name(caller, &repo.to_string())
+    }
+
+    /// May `caller` pull `name` (`registry/repository`), some rule being configured?
+    fn decide_name(&self, caller: &Caller, name: &str) -> Decision {
         let Some(rule) = self
             .rules
             .iter()
@@ -183,6 +189,14 @@ mod tests {
     use super::*;
     use crate::auth::User;
 
+    fn repo(full: &str) -> Repository {
+        let (registry, name) = full.split_once('/').unwrap();
+        Repository {
+            registry: registry.parse().unwrap(),
+            name: name.parse().unwrap(),
+        }
+    }
+
     fn rule(repos: &[&str], f: impl FnOnce(&mut AccessRule)) -> AccessRule {
         let mut r = AccessRule {
             name: None,
@@ -239,16 +253,16 @@ mod tests {
         ];
         for (caller, name, allowed) in cases {
             assert_eq!(
-                rules.decide(&caller, name) == Allow,
+                rules.decide(&caller, &repo(name)) == Allow,
                 allowed,
                 "{caller:?} {name}"
             );
         }
         assert!(matches!(
-            rules.decide(&anon("192.0.2.9"), "docker.io/library/alpine"),
+            rules.decide(&anon("192.0.2.9"), &repo("docker.io/library/alpine")),
             Challenge(_)
         ));
-        match rules.decide(&user("bob", &[]), "docker.io/org/app") {
+        match rules.decide(&user("bob", &[]), &repo("docker.io/org/app")) {
             Deny(why) => assert!(why.contains("\"org\"") && why.contains("bob"), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -258,17 +272,17 @@ mod tests {
     fn no_rules_means_authentication_decides_and_no_match_means_denied() {
         let open = Rules::new(&[], false, &Registries::default()).unwrap();
         assert_eq!(
-            open.decide(&anon("192.0.2.1"), "docker.io/a/b"),
+            open.decide(&anon("192.0.2.1"), &repo("docker.io/a/b")),
             Decision::Allow
         );
         assert!(open.anonymous_welcome("192.0.2.1".parse().unwrap()));
         let closed = Rules::new(&[], true, &Registries::default()).unwrap();
         assert!(matches!(
-            closed.decide(&anon("192.0.2.1"), "docker.io/a/b"),
+            closed.decide(&anon("192.0.2.1"), &repo("docker.io/a/b")),
             Decision::Challenge(_)
         ));
         assert_eq!(
-            closed.decide(&user("x", &[]), "docker.io/a/b"),
+            closed.decide(&user("x", &[]), &repo("docker.io/a/b")),
             Decision::Allow
         );
         assert!(!closed.anonymous_welcome("192.0.2.1".parse().unwrap()));
@@ -278,7 +292,7 @@ mod tests {
             &Registries::default(),
         )
         .unwrap();
-        match some.decide(&user("x", &[]), "ghcr.io/a/b") {
+        match some.decide(&user("x", &[]), &repo("ghcr.io/a/b")) {
             Decision::Deny(why) => assert!(why.contains("no access rule covers ghcr.io/a/b")),
             other => panic!("{other:?}"),
         }
@@ -290,11 +304,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            net.decide(&anon("127.0.0.1"), "docker.io/a/b"),
+            net.decide(&anon("127.0.0.1"), &repo("docker.io/a/b")),
             Decision::Allow
         );
         assert!(matches!(
-            net.decide(&anon("127.0.0.2"), "docker.io/a/b"),
+            net.decide(&anon("127.0.0.2"), &repo("docker.io/a/b")),
             Decision::Deny(_)
         ));
     }

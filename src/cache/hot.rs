@@ -6,6 +6,8 @@ use super::Manifest;
 use crate::oci::{Digest, Repository, Tag};
 use crate::store::TagRecord;
 use moka::future::Cache;
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +26,46 @@ pub enum Unknown {
     /// `repo`'s tag list.
     Tags(Repository),
 }
+/// A repository and tag, owned (the key of [`Hot::tags`]) or borrowed (how it is looked
+/// up): a hot tag answer is found without copying the three names.
+pub trait TagKey: Sync {
+    /// The repository and the tag.
+    fn parts(&self) -> (&Repository, &Tag);
+}
+
+impl TagKey for (Repository, Tag) {
+    fn parts(&self) -> (&Repository, &Tag) {
+        (&self.0, &self.1)
+    }
+}
+
+impl TagKey for (&Repository, &Tag) {
+    fn parts(&self) -> (&Repository, &Tag) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> Borrow<dyn TagKey + 'a> for (Repository, Tag) {
+    fn borrow(&self) -> &(dyn TagKey + 'a) {
+        self
+    }
+}
+
+// As a tuple hashes: each part in order, so both forms of a key hash alike.
+impl Hash for dyn TagKey + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.parts().hash(h);
+    }
+}
+
+impl PartialEq for dyn TagKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn TagKey + '_ {}
+
 /// Memory for tag lists (a popular repository has tens of thousands of tags).
 const TAG_LIST_BYTES: u64 = 32 << 20;
 
@@ -31,8 +73,8 @@ const TAG_LIST_BYTES: u64 = 32 << 20;
 pub struct Hot {
     /// Verified manifests by digest.
     pub manifests: Cache<Digest, Arc<Manifest>>,
-    /// Last known tag answers.
-    pub tags: Cache<(Repository, Tag), TagRecord>,
+    /// Last known tag answers, looked up by [`TagKey`].
+    pub tags: Cache<(Repository, Tag), Arc<TagRecord>>,
     /// Tag lists with the time they were fetched.
     pub tag_lists: Cache<Repository, (Instant, Arc<Vec<String>>)>,
     /// What the upstream recently said it does not have.

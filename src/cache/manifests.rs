@@ -3,7 +3,7 @@
 //! HEAD and download only a changed digest; upstream down, 5xx or 429 → the last known answer
 //! (stale-if-error). Concurrent resolutions of one tag share one upstream exchange.
 
-use super::hot::Unknown;
+use super::hot::{TagKey, Unknown};
 use super::{Cache, Manifest, ManifestAnswer, Outcome};
 use crate::error::{Error, Result};
 use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_BYTES};
@@ -90,16 +90,18 @@ impl Cache {
         reference: &Reference,
         accept: &[&str],
     ) -> Result<Option<Arc<Manifest>>> {
+        let rec;
         let digest = match reference {
-            Reference::Digest(d) => d.clone(),
+            Reference::Digest(d) => d,
             Reference::Tag(t) => match self.tag_record(repo, t).await? {
-                Some(rec) if accepts(accept, &rec.media_type) && self.is_fresh(repo, &rec) => {
-                    rec.digest
+                Some(r) if accepts(accept, &r.media_type) && self.is_fresh(repo, &r) => {
+                    rec = r;
+                    &rec.digest
                 }
                 _ => return Ok(None),
             },
         };
-        self.linked_manifest(repo, &digest).await
+        self.linked_manifest(repo, digest).await
     }
 
     async fn manifest_slow(
@@ -160,7 +162,7 @@ impl Cache {
         repo: &Repository,
         tag: &Tag,
         accept: &str,
-        known: Option<&(TagRecord, Arc<Manifest>)>,
+        known: Option<&(Arc<TagRecord>, Arc<Manifest>)>,
         shared: bool,
     ) -> Result<Option<(Arc<Manifest>, Outcome)>> {
         let upstream = self.upstream(repo)?.upstream.clone();
@@ -424,16 +426,21 @@ impl Cache {
         Ok(Some(m))
     }
 
-    async fn tag_record(&self, repo: &Repository, tag: &Tag) -> Result<Option<TagRecord>> {
-        let key = (repo.clone(), tag.clone());
-        if let Some(rec) = self.inner.hot.tags.get(&key).await {
+    async fn tag_record(&self, repo: &Repository, tag: &Tag) -> Result<Option<Arc<TagRecord>>> {
+        let key: &dyn TagKey = &(repo, tag);
+        if let Some(rec) = self.inner.hot.tags.get(key).await {
             return Ok(Some(rec));
         }
-        let rec = self.inner.index.tag(repo, tag)?;
-        if let Some(r) = &rec {
-            self.inner.hot.tags.insert(key, r.clone()).await;
-        }
-        Ok(rec)
+        let Some(rec) = self.inner.index.tag(repo, tag)? else {
+            return Ok(None);
+        };
+        let rec = Arc::new(rec);
+        self.inner
+            .hot
+            .tags
+            .insert((repo.clone(), tag.clone()), rec.clone())
+            .await;
+        Ok(Some(rec))
     }
 
     async fn remember_tag(&self, repo: &Repository, tag: &Tag, m: &Manifest) -> Result<()> {
@@ -455,7 +462,7 @@ impl Cache {
         self.inner
             .hot
             .tags
-            .insert((repo.clone(), tag.clone()), rec)
+            .insert((repo.clone(), tag.clone()), Arc::new(rec))
             .await;
         Ok(())
     }
