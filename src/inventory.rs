@@ -4,8 +4,8 @@
 //! preload readiness report are built on it.
 
 use crate::error::{Error, Result};
-use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, children};
-use crate::store::{BlobStore, Index};
+use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, Repository, Tag, children};
+use crate::store::{BlobStore, Index, TAG_PAGE, TagRecord};
 use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 
@@ -147,13 +147,45 @@ pub struct Image {
 /// digest that no tag reaches (an index's platform manifests, fetched by digest as every
 /// client does, belong to the index's image) and that are still stored.
 pub fn images(store: &dyn BlobStore, index: &dyn Index) -> Result<Vec<Image>> {
-    let mut out = tagged_images(store, index)?;
-    let reached: HashSet<Digest> = out
-        .iter()
-        .flat_map(|i| i.closure.stored.iter().cloned())
-        .collect();
+    let mut out = Vec::new();
+    each_image(store, index, |image| {
+        out.push(image);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`images`], handed to `f` one at a time: what is held meanwhile is a page of tag records,
+/// the pins, the pulls by digest and, when there are any, the manifest digests the tagged
+/// images reach (not their layers), so `cache ls` of a large cache streams. An error from
+/// `f` ends the walk.
+pub fn each_image(
+    store: &dyn BlobStore,
+    index: &dyn Index,
+    mut f: impl FnMut(Image) -> Result<()>,
+) -> Result<()> {
     let pins: HashSet<String> = index.pins()?.into_iter().collect();
-    for (repo, digest, at) in index.digest_pulls()? {
+    let pulls = index.digest_pulls()?;
+    // Pulls by digest name manifests: only manifests need remembering.
+    let mut reached: HashSet<Digest> = HashSet::new();
+    let mut after: Option<(Repository, Tag)> = None;
+    loop {
+        let page = index.tags_after(after.as_ref().map(|(r, t)| (r, t)), TAG_PAGE)?;
+        let done = page.len() < TAG_PAGE;
+        for (repo, tag, rec) in page {
+            after = Some((repo.clone(), tag.clone()));
+            let image = tagged_image(store, index, &pins, repo, tag, rec)?;
+            if !pulls.is_empty() {
+                reached.insert(image.digest.clone());
+                reached.extend(image.closure.platforms.iter().map(|p| p.manifest.clone()));
+            }
+            f(image)?;
+        }
+        if done {
+            break;
+        }
+    }
+    for (repo, digest, at) in pulls {
         if reached.contains(&digest) || store.stat(&digest)?.is_none() {
             continue;
         }
@@ -166,7 +198,7 @@ pub fn images(store: &dyn BlobStore, index: &dyn Index) -> Result<Vec<Image>> {
             .blob_info(&digest)?
             .and_then(|i| i.media_type)
             .unwrap_or_default();
-        out.push(Image {
+        f(Image {
             pinned: pins.contains(&reference.to_string()),
             size: closure.size(store),
             last_access_ms: index.last_access(&digest)?,
@@ -175,36 +207,38 @@ pub fn images(store: &dyn BlobStore, index: &dyn Index) -> Result<Vec<Image>> {
             media_type,
             closure,
             reference,
-        });
+        })?;
     }
-    Ok(out)
+    Ok(())
 }
 
-fn tagged_images(store: &dyn BlobStore, index: &dyn Index) -> Result<Vec<Image>> {
-    let pins: HashSet<String> = index.pins()?.into_iter().collect();
-    let mut out = Vec::new();
-    for (repo, tag, rec) in index.all_tags()? {
-        let closure = closure(store, &rec.digest, None)?;
-        let reference = ImageRef {
-            repo: repo.clone(),
-            reference: Reference::Tag(tag),
-        };
-        let by_digest = ImageRef {
-            repo,
-            reference: Reference::Digest(rec.digest.clone()),
-        };
-        out.push(Image {
-            pinned: pins.contains(&reference.to_string()) || pins.contains(&by_digest.to_string()),
-            size: closure.size(store),
-            last_access_ms: index.last_access(&rec.digest)?,
-            fetched_at_ms: rec.fetched_at_ms,
-            digest: rec.digest,
-            media_type: rec.media_type,
-            closure,
-            reference,
-        });
-    }
-    Ok(out)
+fn tagged_image(
+    store: &dyn BlobStore,
+    index: &dyn Index,
+    pins: &HashSet<String>,
+    repo: Repository,
+    tag: Tag,
+    rec: TagRecord,
+) -> Result<Image> {
+    let closure = closure(store, &rec.digest, None)?;
+    let reference = ImageRef {
+        repo: repo.clone(),
+        reference: Reference::Tag(tag),
+    };
+    let by_digest = ImageRef {
+        repo,
+        reference: Reference::Digest(rec.digest.clone()),
+    };
+    Ok(Image {
+        pinned: pins.contains(&reference.to_string()) || pins.contains(&by_digest.to_string()),
+        size: closure.size(store),
+        last_access_ms: index.last_access(&rec.digest)?,
+        fetched_at_ms: rec.fetched_at_ms,
+        digest: rec.digest,
+        media_type: rec.media_type,
+        closure,
+        reference,
+    })
 }
 
 /// The manifest digest a reference names in the cache: a digest as is, a tag through its

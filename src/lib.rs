@@ -17,6 +17,7 @@ pub mod fetch_policy;
 pub mod gc;
 pub mod inventory;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod oci;
 pub mod ops;

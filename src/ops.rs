@@ -102,14 +102,19 @@ impl Operations {
         }
     }
 
-    /// Every cached image, as `cache ls` shows it.
-    pub async fn images(&self) -> Result<Vec<ImageSummary>> {
-        let cache = self.cache.clone();
-        blocking(move || {
-            let images = inventory::images(cache.store().as_ref(), cache.index().as_ref())?;
-            Ok(images.iter().map(ImageSummary::from).collect())
-        })
-        .await
+    /// Write every cached image, as `cache ls` shows it, to `out` as a JSON array of
+    /// [`ImageSummary`], one image at a time (blocking: run it on the blocking pool).
+    pub fn write_images(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        let (store, index) = (self.cache.store(), self.cache.index());
+        let mut first = true;
+        out.write_all(b"[")?;
+        inventory::each_image(store.as_ref(), index.as_ref(), |image| {
+            out.write_all(if first { b"\n" } else { b",\n" })?;
+            first = false;
+            serde_json::to_writer(&mut *out, &ImageSummary::from(&image)).map_err(Error::internal)
+        })?;
+        out.write_all(b"\n]\n")?;
+        Ok(())
     }
 
     /// What the store holds.

@@ -164,6 +164,9 @@ pub struct BlobInfo {
     pub media_type: Option<String>,
 }
 
+/// Tag records read at a time by walks over every tag ([`Index::tags_after`]).
+pub const TAG_PAGE: usize = 1024;
+
 /// The index: small records about content, kept apart from the content itself. Absent
 /// records read as `None`/`false`; every write is atomic per record.
 pub trait Index: Send + Sync {
@@ -189,8 +192,27 @@ pub trait Index: Send + Sync {
     }
     /// Whether `digest` belongs to `repo`.
     fn is_linked(&self, repo: &Repository, digest: &Digest) -> Result<bool>;
+    /// Up to `limit` tag records after `after` (from the first when `None`), in key order
+    /// (registry, repository, tag, as bytes): a walk over every tag in pages, holding one page
+    /// in memory and nothing locked between pages.
+    fn tags_after(
+        &self,
+        after: Option<(&Repository, &Tag)>,
+        limit: usize,
+    ) -> Result<Vec<(Repository, Tag, TagRecord)>>;
     /// Every tag record, in key order (registry, repository, tag).
-    fn all_tags(&self) -> Result<Vec<(Repository, Tag, TagRecord)>>;
+    fn all_tags(&self) -> Result<Vec<(Repository, Tag, TagRecord)>> {
+        let mut out: Vec<(Repository, Tag, TagRecord)> = Vec::new();
+        loop {
+            let after = out.last().map(|(r, t, _)| (r, t));
+            let page = self.tags_after(after, TAG_PAGE)?;
+            let done = page.len() < TAG_PAGE;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
     /// Note that content was just used (for eviction); cheap enough for every request.
     fn touch(&self, digest: &Digest) -> Result<()>;
     /// When content was last used (milliseconds since the epoch), if ever recorded.

@@ -101,7 +101,12 @@ impl Admin {
     async fn operation(&self, req: Request<Incoming>, method: &Method, path: &str) -> Answer {
         let ops = &self.ops;
         match (method, path) {
-            (&Method::GET, "/admin/images") => Ok(json(&ops.images().await?)),
+            (&Method::GET, "/admin/images") => {
+                let ops = ops.clone();
+                Ok(streamed("cache ls", "application/json", move |out| {
+                    ops.write_images(out)
+                }))
+            }
             (&Method::POST, "/admin/preload") => self.preload(read_json(req).await?),
             (&Method::POST, "/admin/pin") => self.pin(read_json(req).await?, true).await,
             (&Method::POST, "/admin/unpin") => self.pin(read_json(req).await?, false).await,
@@ -169,27 +174,8 @@ impl Admin {
         let plan = self.ops.plan_export(body.selection, exclude).await?;
         let summary = plan_header(&plan);
         let export = self.ops.export(plan);
-        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-        tokio::task::spawn_blocking(move || {
-            let mut out = ChannelWriter {
-                tx: tx.clone(),
-                buf: BytesMut::new(),
-            };
-            let result = export
-                .write(&mut out)
-                .and_then(|()| out.flush_buf().map_err(Error::from));
-            if let Err(e) = result {
-                tracing::error!(error = %e, "export failed");
-                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-            }
-        });
-        let stream = tokio_stream(rx);
-        let mut resp = Response::new(body::stream(stream));
+        let mut resp = streamed("export", "application/x-tar", move |out| export.write(out));
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-tar"),
-        );
         if let Ok(v) = HeaderValue::from_str(&serde_json::to_string(&summary).unwrap_or_default()) {
             h.insert("x-airlock-export", v);
         }
@@ -283,16 +269,17 @@ where
     tokio::spawn(async move {
         if !cancellable {
             let _ = tx.send(op(progress).await);
-            return;
-        }
-        tokio::select! {
-            last = op(progress) => {
-                let _ = tx.send(last);
+        } else {
+            tokio::select! {
+                last = op(progress) => {
+                    let _ = tx.send(last);
+                }
+                () = tx.closed() => {
+                    tracing::warn!(operation = what, "the client went away: {what} cancelled");
+                }
             }
-            () = tx.closed() => {
-                tracing::warn!(operation = what, "the client went away: {what} cancelled");
-            }
         }
+        let _ = tokio::task::spawn_blocking(crate::memory::release).await;
     });
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
@@ -308,11 +295,36 @@ where
     r
 }
 
-fn tokio_stream(rx: mpsc::Receiver<io::Result<Bytes>>) -> crate::cache::BlobStream {
-    futures_util::stream::unfold(rx, |mut rx| async move {
+/// A body of `content_type` that `write` writes on the blocking pool, a few chunks ahead of
+/// the client: what the server holds is those chunks, whatever the size of the answer. A
+/// failure ends the body with an error (the client sees a broken transfer, never a short
+/// answer that parses) and is logged as `what` failing.
+fn streamed(
+    what: &'static str,
+    content_type: &'static str,
+    write: impl FnOnce(&mut dyn io::Write) -> crate::error::Result<()> + Send + 'static,
+) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: BytesMut::new(),
+        };
+        let result = write(&mut out).and_then(|()| out.flush_buf().map_err(Error::from));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "{what} failed");
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+        crate::memory::release();
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
-    .boxed()
+    .boxed();
+    let mut resp = Response::new(body::stream(stream));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }
 
 /// A blocking `Write` that sends its bytes, in chunks, to an async body.

@@ -60,7 +60,7 @@ impl Snapshot {
         let pinned = inventory::pinned_digests(store, index)?;
         let mut refs: HashMap<Digest, usize> = HashMap::new();
         let mut images = Vec::new();
-        for image in inventory::images(store, index)? {
+        inventory::each_image(store, index, |image| {
             for d in &image.closure.stored {
                 *refs.entry(d.clone()).or_default() += 1;
             }
@@ -72,7 +72,8 @@ impl Snapshot {
                 digest: image.digest,
                 closure: image.closure.stored,
             });
-        }
+            Ok(())
+        })?;
         Ok(Snapshot {
             started_ms,
             stored,

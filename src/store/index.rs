@@ -381,10 +381,20 @@ impl Index for SledIndex {
         Ok(())
     }
 
-    fn all_tags(&self) -> Result<Vec<(Repository, Tag, TagRecord)>> {
+    fn tags_after(
+        &self,
+        after: Option<(&Repository, &Tag)>,
+        limit: usize,
+    ) -> Result<Vec<(Repository, Tag, TagRecord)>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after.map(|(r, t)| repo_key(r, t.as_str()));
         self.read(|t| {
             let mut out = Vec::new();
-            for kv in t.tags.iter() {
+            let from = start.as_deref().map_or(Unbounded, Excluded);
+            for kv in t.tags.range::<&[u8], _>((from, Unbounded)) {
+                if out.len() == limit {
+                    break;
+                }
                 let (k, v) = kv.map_err(err)?;
                 let Some((r, n, tag)) = split_key(&k) else {
                     continue;

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 const SCHEMA: &[u8] = b"1";
 /// The journal is rewritten at open once it is this much larger than its last snapshot.
 const COMPACT_SLACK: u64 = 1 << 20;
+/// sled's page cache. Its default, 1 GiB, lets the index's memory grow with the cache up to
+/// that; the hot paths read the moka caches in front of it, not sled.
+const PAGE_CACHE: u64 = 16 << 20;
 /// A failed write reopens the database at most this often.
 const REOPEN_EVERY: Duration = Duration::from_secs(2);
 /// Free bytes the index's filesystem needs before a reopen is tried.
@@ -66,7 +69,11 @@ fn classify(e: sled::Error) -> OpenFailure {
 }
 
 fn open_db(path: &Path) -> std::result::Result<Trees, OpenFailure> {
-    let db = sled::Config::new().path(path).open().map_err(classify)?;
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(PAGE_CACHE)
+        .open()
+        .map_err(classify)?;
     let tree = |name: &str| db.open_tree(name).map_err(classify);
     Ok(Trees {
         meta: tree("meta")?,

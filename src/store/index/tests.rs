@@ -309,3 +309,37 @@ fn writes_sled_lost_in_a_crash_are_applied_again_from_the_journal() {
         vec!["docker.io/library/after:1", "docker.io/library/before:1"]
     );
 }
+
+#[test]
+fn tags_are_walked_in_pages_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SledIndex::open(&dir.path().join("index")).unwrap();
+    let rec = TagRecord {
+        digest: Digest::of(b"m"),
+        media_type: "application/x".into(),
+        fetched_at_ms: 7,
+    };
+    // A name that is a prefix of another must not end the walk or swap the order.
+    let (a, ab) = (repo("docker.io", "org/a"), repo("docker.io", "org/a-b"));
+    let mut want = Vec::new();
+    for n in 0..(2 * crate::store::TAG_PAGE + 3) {
+        let repo = if n % 2 == 0 { &a } else { &ab };
+        let tag: Tag = format!("v{n:05}").parse().unwrap();
+        idx.set_tag(repo, &tag, &rec).unwrap();
+        want.push((repo.clone(), tag));
+    }
+    want.sort_by_key(|(r, t)| repo_key(r, t.as_str()));
+    let got: Vec<_> = idx
+        .all_tags()
+        .unwrap()
+        .into_iter()
+        .map(|(r, t, _)| (r, t))
+        .collect();
+    assert_eq!(got, want, "every tag once, in key order, across pages");
+    let (r, t) = &want[10];
+    let page = idx.tags_after(Some((r, t)), 5).unwrap();
+    assert_eq!(page.len(), 5);
+    assert_eq!((&page[0].0, &page[0].1), (&want[11].0, &want[11].1));
+    let (r, t) = want.last().unwrap();
+    assert!(idx.tags_after(Some((r, t)), 5).unwrap().is_empty());
+}
