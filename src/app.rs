@@ -15,7 +15,7 @@ use crate::gc::{self, Cap};
 use crate::metrics::Metrics;
 use crate::oci::Registry;
 use crate::ops::Operations;
-use crate::store::{fs::FsStore, index::SledIndex};
+use crate::store::{BlobStore, Index, fs::FsStore, index::SledIndex};
 use crate::upstream::{Entry, Upstreams, client::HttpUpstream};
 use anyhow::Context;
 use std::collections::HashMap;
@@ -35,6 +35,11 @@ pub struct Running {
     pub token: String,
     /// The cache (for embedded engines and tests).
     pub cache: Cache,
+    /// What the cache stores in: chosen here alone, handed out for tests that inspect what
+    /// was stored (the cache itself keeps its own to itself).
+    pub store: Arc<dyn BlobStore>,
+    /// What the cache records in (as `store`).
+    pub index: Arc<dyn Index>,
     stop: Option<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
     advert: Option<advert::Written>,
@@ -49,7 +54,7 @@ impl Running {
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
-        if let Err(e) = self.cache.index().flush() {
+        if let Err(e) = self.index.flush() {
             tracing::error!(error = %e, "could not flush the index");
         }
         drop(self.advert.take());
@@ -64,8 +69,15 @@ impl Drop for Running {
     }
 }
 
+/// The cache and what it is built over.
+struct Built {
+    cache: Cache,
+    store: Arc<dyn BlobStore>,
+    index: Arc<dyn Index>,
+}
+
 /// Open the data directory and build the cache over it.
-async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
+async fn build_cache(config: &Config) -> anyhow::Result<Built> {
     let data = &config.storage.path;
     crate::store::fs::create_dir_durable(data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
@@ -93,19 +105,18 @@ async fn build_cache(config: &Config) -> anyhow::Result<Cache> {
         fill_timeout: config.storage.fill_timeout,
         fetch: security::fetch_policy(config)?,
     };
-    let cache = Cache::new(
-        Arc::new(store),
-        Arc::new(index),
-        upstreams,
-        settings,
-        metrics,
-    );
+    let (store, index): (Arc<dyn BlobStore>, Arc<dyn Index>) = (Arc::new(store), Arc::new(index));
+    let cache = Cache::new(store.clone(), index.clone(), upstreams, settings, metrics);
     // The first measure counts the store once: it must not hold up the start.
     tokio::spawn({
         let cache = cache.clone();
         async move { Gauges::default().refresh(&cache).await }
     });
-    Ok(cache)
+    Ok(Built {
+        cache,
+        store,
+        index,
+    })
 }
 
 /// The data directory holds the admin token and the journal: only airlock's user may enter it.
@@ -201,7 +212,11 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 /// listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     security::check(&config).map_err(anyhow::Error::msg)?;
-    let cache = build_cache(&config).await?;
+    let Built {
+        cache,
+        store,
+        index,
+    } = build_cache(&config).await?;
     let auth = security::auth(&config, cache.metrics().clone())?;
     let default: Registry = config.server.default_registry.parse()?;
     if !config.upstream.is_empty() && !cache.upstreams().contains(&default) {
@@ -266,6 +281,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr,
         token,
         cache,
+        store,
+        index,
         stop: Some(stop_tx),
         tasks,
         advert: Some(advert),
@@ -275,7 +292,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// An engine for a CLI command when no server runs on the data directory: the cache and an
 /// admin API on an ephemeral localhost port, nothing else.
 pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
-    let cache = build_cache(&config).await?;
+    let Built {
+        cache,
+        store,
+        index,
+    } = build_cache(&config).await?;
     let default: Registry = config.server.default_registry.parse()?;
     let admin_listener = bind(([127, 0, 0, 1], 0).into(), "an embedded admin port").await?;
     let admin_addr = admin_listener.local_addr()?;
@@ -296,6 +317,8 @@ pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
         admin_addr,
         token,
         cache,
+        store,
+        index,
         stop: Some(stop_tx),
         tasks,
         advert: None,

@@ -204,13 +204,13 @@ impl Cache {
         &self.inner.upstreams
     }
 
-    /// The index (to flush it on shutdown, and for the cache operations).
-    pub fn index(&self) -> &Arc<dyn Index> {
+    /// The index, for the cache operations (gc, bundles, preload, `ops`) alone.
+    pub(crate) fn index(&self) -> &Arc<dyn Index> {
         &self.inner.index
     }
 
-    /// The blob store (for the cache operations: export, import, eviction, verify).
-    pub fn store(&self) -> &Arc<dyn BlobStore> {
+    /// The blob store, for the cache operations (gc, bundles, preload, `ops`) alone.
+    pub(crate) fn store(&self) -> &Arc<dyn BlobStore> {
         &self.inner.store
     }
 

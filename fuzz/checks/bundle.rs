@@ -27,6 +27,7 @@ use airlock::oci::{Digest, ImageRef, Registry};
 use airlock::progress::Progress;
 use airlock::store::fs::FsStore;
 use airlock::store::index::SledIndex;
+use airlock::store::{BlobStore, Index};
 use airlock::upstream::Upstreams;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -56,6 +57,9 @@ pub fn check(data: &[u8]) -> bool {
 /// A cache with no upstream on a temporary directory, that bundles are imported into.
 pub struct Importer {
     cache: Cache,
+    /// What the cache is built over (to compare what it holds before and after).
+    store: Arc<dyn BlobStore>,
+    index: Arc<dyn Index>,
     dir: tempfile::TempDir,
     imported: usize,
 }
@@ -73,8 +77,11 @@ impl Importer {
             .prefix(&format!("{DIR_PREFIX}{}.", std::process::id()))
             .tempdir()
             .expect("a temporary directory");
+        let (cache, store, index) = open(dir.path());
         Importer {
-            cache: open(dir.path()),
+            cache,
+            store,
+            index,
             dir,
             imported: 0,
         }
@@ -141,8 +148,7 @@ impl Importer {
 
     /// Blobs with sizes, tags with what they name, pins.
     fn snapshot(&self) -> (BTreeSet<(Digest, u64)>, BTreeSet<String>, Vec<String>) {
-        let store = self.cache.store();
-        let index = self.cache.index();
+        let (store, index) = (&self.store, &self.index);
         let blobs = store.list().expect("list the store").into_iter().collect();
         let tags = index
             .all_tags()
@@ -188,9 +194,10 @@ fn remove_stale_dirs() {
 }
 
 /// A cache over `root` with no upstream, offline: imports need nothing else.
-fn open(root: &Path) -> Cache {
-    let index = SledIndex::open(&root.join("index")).expect("open the index");
-    let store = FsStore::open(root).expect("open the store");
+fn open(root: &Path) -> (Cache, Arc<dyn BlobStore>, Arc<dyn Index>) {
+    let index: Arc<dyn Index> =
+        Arc::new(SledIndex::open(&root.join("index")).expect("open the index"));
+    let store: Arc<dyn BlobStore> = Arc::new(FsStore::open(root).expect("open the store"));
     let settings = Settings {
         memory_bytes: 1 << 20,
         fill_timeout: Duration::from_secs(60),
@@ -199,13 +206,14 @@ fn open(root: &Path) -> Cache {
         min_free: 0,
         fetch: FetchPolicy::default(),
     };
-    Cache::new(
-        Arc::new(store),
-        Arc::new(index),
+    let cache = Cache::new(
+        store.clone(),
+        index.clone(),
         Upstreams::new(HashMap::new(), true),
         settings,
         Arc::new(Metrics::new(&[], None)),
-    )
+    );
+    (cache, store, index)
 }
 
 /// The tar archive an input stands for (see the module docs).

@@ -117,20 +117,16 @@ async fn a_bundle_carries_images_to_an_airlock_without_upstream() {
     assert_eq!(report.bytes, sizes);
     let mut pins = full.clone();
     pins.sort();
-    assert_eq!(
-        dst.cache().index().pins().unwrap(),
-        pins,
-        "imports are pinned"
-    );
+    assert_eq!(dst.index().pins().unwrap(), pins, "imports are pinned");
     for (repo, tag, a) in images {
         dst.pull(&format!("{repo}:{tag}"), a).await;
     }
     // Importing again changes nothing and counts everything as known.
-    let before = snapshot(dst.cache());
+    let before = snapshot(&dst);
     let report = import(dst.cache(), &path).await.expect("import again");
     assert_eq!((report.new_blobs, report.known_blobs), (0, expected.len()));
-    assert_eq!(snapshot(dst.cache()).0, before.0);
-    assert_eq!(snapshot(dst.cache()).2, before.2);
+    assert_eq!(snapshot(&dst).0, before.0);
+    assert_eq!(snapshot(&dst).2, before.2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +239,7 @@ async fn an_incremental_bundle_carries_only_what_the_previous_one_lacks() {
         err.contains("bundle lacks") && err.contains("--since"),
         "{err}"
     );
-    assert_eq!(snapshot(dst.cache()), (vec![], vec![], vec![]));
+    assert_eq!(snapshot(&dst), (vec![], vec![], vec![]));
     assert_eq!(dst.spools(), 0, "the batch was discarded");
 
     // In order, both bring everything.
@@ -293,7 +289,7 @@ async fn corrupt_and_truncated_bundles_leave_the_cache_unchanged() {
 
     let dst = Airlock::start(config(vec![])).await;
     import(dst.cache(), &b1).await.expect("import one");
-    let before = snapshot(dst.cache());
+    let before = snapshot(&dst);
     assert_eq!(before.0.len(), 3);
     let intact = std::fs::read(&b2).expect("read bundle");
     let offset_of = |path: &Path, digest: &str| {
@@ -313,14 +309,14 @@ async fn corrupt_and_truncated_bundles_leave_the_cache_unchanged() {
     let corrupt = write_bundle(dir.path(), "corrupt.tar", &bytes);
     let err = import(dst.cache(), &corrupt).await.expect_err("corrupt");
     assert!(err.contains(layer.as_str()), "{err}");
-    assert_eq!(snapshot(dst.cache()), before);
+    assert_eq!(snapshot(&dst), before);
     assert_eq!(dst.spools(), 0);
 
     // Cut in half, or cut cleanly between two entries before index.json: refused.
     let half = write_bundle(dir.path(), "half.tar", &intact[..intact.len() / 2]);
     let err = import(dst.cache(), &half).await.expect_err("truncated");
     assert!(err.contains("truncated"), "{err}");
-    assert_eq!(snapshot(dst.cache()), before);
+    assert_eq!(snapshot(&dst), before);
     let index_at = entries(&b2)
         .into_iter()
         .find(|e| e.0 == "index.json")
@@ -329,7 +325,7 @@ async fn corrupt_and_truncated_bundles_leave_the_cache_unchanged() {
     let cut = write_bundle(dir.path(), "cut.tar", &intact[..index_at]);
     let err = import(dst.cache(), &cut).await.expect_err("no index.json");
     assert!(err.contains("not an OCI image layout"), "{err}");
-    assert_eq!(snapshot(dst.cache()), before);
+    assert_eq!(snapshot(&dst), before);
 
     // A corrupt copy of a blob the cache already has is refused as well.
     let known = &one.layers[0].digest;
@@ -341,7 +337,7 @@ async fn corrupt_and_truncated_bundles_leave_the_cache_unchanged() {
         .await
         .expect_err("corrupt known blob");
     assert!(err.contains(known.as_str()), "{err}");
-    assert_eq!(snapshot(dst.cache()), before);
+    assert_eq!(snapshot(&dst), before);
     assert_eq!(dst.spools(), 0);
 
     // The intact bundle still imports, and both images pull.

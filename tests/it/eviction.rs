@@ -6,9 +6,9 @@
 use crate::support;
 
 use airlock::gc::{self, Cap};
+use airlock::inventory;
 use airlock::oci::{ImageRef, Registry as RegistryName};
 use airlock::progress::{Event, Progress};
-use airlock::{cache::Cache, inventory};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use support::airlock::{Airlock, config, upstream};
@@ -54,8 +54,8 @@ fn full(s: &str) -> String {
 }
 
 /// The images `cache ls` lists, each checked to be complete (every blob stored).
-fn listed(cache: &Cache) -> BTreeSet<String> {
-    let images = inventory::images(cache.store().as_ref(), cache.index().as_ref()).expect("ls");
+fn listed(airlock: &Airlock) -> BTreeSet<String> {
+    let images = inventory::images(airlock.store().as_ref(), airlock.index().as_ref()).expect("ls");
     for i in &images {
         assert!(
             i.closure.missing.is_empty(),
@@ -113,7 +113,7 @@ async fn a_size_cap_evicts_least_recently_used_images_but_never_pins_or_shared_l
     let airlock = airlock_for(&reg, Some(max)).await;
     let cap = watermarks(max);
     let cache = airlock.cache();
-    cache
+    airlock
         .index()
         .set_pinned(&full("evict/pinned:v1"), true)
         .expect("pin");
@@ -149,7 +149,7 @@ async fn a_size_cap_evicts_least_recently_used_images_but_never_pins_or_shared_l
             "the pin covers it all"
         );
         assert_eq!(
-            listed(cache),
+            listed(&airlock),
             kept.iter().map(tag).collect(),
             "after {name}"
         );
@@ -174,7 +174,7 @@ async fn a_size_cap_evicts_least_recently_used_images_but_never_pins_or_shared_l
             .iter()
             .find(|(n, _)| full(&format!("evict/{n}:v1")) == *reference)
     };
-    for reference in listed(cache) {
+    for reference in listed(&airlock) {
         let (name, image) = name_of(&reference).expect("an image of this test");
         airlock.pull(&format!("evict/{name}:v1"), *image).await;
     }
@@ -226,8 +226,8 @@ async fn a_blob_being_served_survives_evict_remove_and_collect() {
     assert!(airlock.has_blob(&layer.digest));
     // The index forgets what was deleted, and keeps what was not.
     let small_layer: airlock::oci::Digest = small.layers[0].digest.parse().unwrap();
-    assert_eq!(cache.index().blob_info(&small_layer).unwrap(), None);
-    assert!(cache.index().blob_info(&digest).unwrap().is_some());
+    assert_eq!(airlock.index().blob_info(&small_layer).unwrap(), None);
+    assert!(airlock.index().blob_info(&digest).unwrap().is_some());
 
     let removal = gc::remove(cache, &image_ref("inuse/big:v1"))
         .await
@@ -276,7 +276,7 @@ async fn removing_an_image_keeps_what_another_image_shares() {
     let cache = airlock.cache();
     airlock.pull("rm/one:v1", &one).await;
     airlock.pull("rm/two:v1", &two).await;
-    cache
+    airlock
         .index()
         .set_pinned(&full("rm/one:v1"), true)
         .expect("pin");
@@ -298,8 +298,8 @@ async fn removing_an_image_keeps_what_another_image_shares() {
         assert!(!airlock.has_blob(d), "{d} of the purged image is deleted");
     }
     assert!(airlock.has_blob(&base), "the shared base stays");
-    assert!(cache.index().pins().expect("pins").is_empty(), "unpinned");
-    assert_eq!(listed(cache), BTreeSet::from([full("rm/two:v1")]));
+    assert!(airlock.index().pins().expect("pins").is_empty(), "unpinned");
+    assert_eq!(listed(&airlock), BTreeSet::from([full("rm/two:v1")]));
 
     reg.stop().await;
     airlock.pull("rm/two:v1", &two).await;
@@ -333,7 +333,7 @@ async fn collection_removes_what_no_tag_or_pin_reaches() {
     // Pulled by digest and pinned by digest.
     let by_digest = format!("gc/pinned@{}", pinned.digest);
     airlock.pull(&by_digest, &pinned).await;
-    cache
+    airlock
         .index()
         .set_pinned(&full(&by_digest), true)
         .expect("pin");
@@ -343,7 +343,7 @@ async fn collection_removes_what_no_tag_or_pin_reaches() {
         .pull(&format!("gc/loose@{}", loose.digest), &loose)
         .await;
     let loose_repo = image_ref(&format!("gc/loose@{}", loose.digest)).repo;
-    cache
+    airlock
         .index()
         .remove_digest_pull(&loose_repo, &loose.digest.parse().unwrap())
         .expect("forget the pull");
@@ -440,7 +440,7 @@ async fn an_image_pulled_by_digest_is_listed_survives_gc_and_pulls_offline() {
     // every client fetches by digest.
     airlock.pull(&by_digest, &img).await;
     airlock.pull("org/multi:v1", &tagged).await;
-    let ls = listed(airlock.cache());
+    let ls = listed(&airlock);
     assert_eq!(
         ls,
         BTreeSet::from([full(&by_digest), full("org/multi:v1")]),
@@ -458,9 +458,6 @@ async fn an_image_pulled_by_digest_is_listed_survives_gc_and_pulls_offline() {
         .await
         .expect("rm");
     assert_eq!(removal.images, [full(&by_digest)]);
-    assert_eq!(
-        listed(airlock.cache()),
-        BTreeSet::from([full("org/multi:v1")])
-    );
+    assert_eq!(listed(&airlock), BTreeSet::from([full("org/multi:v1")]));
     assert!(!airlock.has_blob(&img.layers[0].digest));
 }

@@ -68,7 +68,6 @@ async fn a_pinned_image_without_its_manifest_pauses_removal() {
     let airlock = Airlock::for_upstream(&reg.url()).await;
     airlock.try_pull("org/lost:v1").await.expect("pull");
     airlock
-        .cache()
         .index()
         .pin_at("docker.io/org/lost:v1", &img.digest.parse().unwrap())
         .unwrap();

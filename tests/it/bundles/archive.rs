@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::support::airlock::Airlock;
 use super::support::image::{Artifact, Platform};
 
 /// Plan and write an export of `selection` to `path`; the plan and the progress events.
@@ -106,17 +107,17 @@ pub fn index_json(path: &Path) -> serde_json::Value {
 }
 
 /// What a cache holds: stored blobs, tags, pins.
-pub fn snapshot(cache: &Cache) -> (Vec<(Digest, u64)>, Vec<String>, Vec<String>) {
-    let mut blobs = cache.store().list().expect("list");
+pub fn snapshot(airlock: &Airlock) -> (Vec<(Digest, u64)>, Vec<String>, Vec<String>) {
+    let mut blobs = airlock.store().list().expect("list");
     blobs.sort();
-    let tags = cache
+    let tags = airlock
         .index()
         .all_tags()
         .expect("tags")
         .into_iter()
         .map(|(repo, tag, rec)| format!("{repo}:{tag}={}", rec.digest))
         .collect();
-    (blobs, tags, cache.index().pins().expect("pins"))
+    (blobs, tags, airlock.index().pins().expect("pins"))
 }
 
 pub fn selection(images: &[&str]) -> Selection {

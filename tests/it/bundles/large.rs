@@ -17,7 +17,7 @@ const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn put(airlock: &Airlock, repo: &Repository, bytes: &[u8], media_type: &str) -> (Digest, u64) {
     let digest = Digest::of(bytes);
-    let (store, index) = (airlock.cache().store(), airlock.cache().index());
+    let (store, index) = (airlock.store(), airlock.index());
     store.put(&digest, bytes).unwrap();
     let info = BlobInfo {
         size: bytes.len() as u64,
@@ -62,7 +62,6 @@ async fn a_cache_past_the_old_index_limit_exports_and_imports_back() {
             fetched_at_ms: airlock::store::now_ms(),
         };
         source
-            .cache()
             .index()
             .set_tag(&repo, &"v1".parse().unwrap(), &record)
             .unwrap();
@@ -101,7 +100,7 @@ async fn a_cache_past_the_old_index_limit_exports_and_imports_back() {
     .expect("the bundle airlock wrote is one it imports");
     assert_eq!(report.images.len(), IMAGES);
     assert_eq!(
-        target.cache().index().all_tags().unwrap().len(),
+        target.index().all_tags().unwrap().len(),
         IMAGES,
         "every tag arrived"
     );

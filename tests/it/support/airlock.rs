@@ -97,6 +97,16 @@ impl Airlock {
         &self.running.as_ref().expect("running").cache
     }
 
+    /// The store under the cache (to inspect what was stored).
+    pub fn store(&self) -> &std::sync::Arc<dyn airlock::store::BlobStore> {
+        &self.running.as_ref().expect("running").store
+    }
+
+    /// The index under the cache (to inspect, or plant, what it records).
+    pub fn index(&self) -> &std::sync::Arc<dyn airlock::store::Index> {
+        &self.running.as_ref().expect("running").index
+    }
+
     /// Stop gracefully and start again on the same data directory (a new port).
     pub async fn restart(mut self) -> Airlock {
         self.running.take().expect("running").stop().await;
