@@ -141,6 +141,7 @@ pub async fn remove(cache: &Cache, image: &ImageRef) -> Result<Removal> {
     })
     .await?;
     (removal.blobs, removal.bytes) = delete(cache, freed, since, &exclusive).await;
+    release_memory().await;
     Ok(removal)
 }
 
@@ -180,6 +181,7 @@ pub async fn collect(cache: &Cache) -> Result<Removal> {
     })
     .await?;
     let (blobs, bytes) = delete(cache, garbage, since, &exclusive).await;
+    release_memory().await;
     Ok(Removal {
         images: Vec::new(),
         blobs,
@@ -191,6 +193,11 @@ pub async fn collect(cache: &Cache) -> Result<Removal> {
 /// advancing by bytes hashed, and a note per corrupt blob.
 pub async fn verify(cache: &Cache, progress: &Progress) -> Result<VerifyReport> {
     verify::verify(cache, progress).await
+}
+
+/// After a walk of the whole cache: give the memory it freed back (see `crate::memory`).
+async fn release_memory() {
+    let _ = tokio::task::spawn_blocking(crate::memory::release).await;
 }
 
 /// Run `f` over the store and index on the blocking pool.

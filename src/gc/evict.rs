@@ -28,6 +28,19 @@ pub(super) async fn evict(cache: &Cache, cap: Cap, turn: &Exclusive) -> Result<R
     if stored + spooled <= high {
         return Ok(Removal::default());
     }
+    let removal = over_cap(cache, high, low, cap, turn).await;
+    super::release_memory().await;
+    removal
+}
+
+/// A pass above the high watermark: a walk of the whole cache, then deletions.
+async fn over_cap(
+    cache: &Cache,
+    high: u64,
+    low: u64,
+    cap: Cap,
+    turn: &Exclusive,
+) -> Result<Removal> {
     let (mut snap, loose, spooled) = blocking(cache, |store, index| {
         let snap = Snapshot::take(store, index)?;
         let loose = oldest_first(index, snap.unreferenced())?;
