@@ -11,8 +11,8 @@
 #               and straight from the upstream
 #   manifests   wrk, 2 threads, 32 connections, 10 s, GET by tag and by digest; server CPU
 #               time (utime+stime from /proc) per request
-#   blob        curl GET of a cached 256 MiB blob (3 runs after a warm-up): MiB/s, server CPU
-#               seconds per GiB served
+#   blob        curl GET of a cached 256 MiB blob (COMPARE_BLOB_GETS, default 8, after a
+#               warm-up): median MiB/s, server CPU seconds per GiB served
 #   herd        32 parallel curl GETs of a new 64 MiB blob (each body's sha256 checked), wall
 #               time and the upstream's GETs of it counted in its access log; the same 32
 #               straight from the upstream

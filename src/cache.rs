@@ -18,6 +18,7 @@ mod maintenance;
 mod manifests;
 mod mapped;
 mod reader;
+mod resident;
 mod tags;
 
 pub use inuse::Hold;

@@ -15,6 +15,7 @@
 //! every mapping (and every open file) valid until it is dropped. Only someone outside airlock
 //! truncating a file in the store could make a read of a mapping fault.
 
+use super::resident;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -78,9 +79,13 @@ pub fn chunk(file: &Arc<File>, pos: u64, n: usize) -> Option<Bytes> {
     if LIVE.load(Ordering::Relaxed) >= MAX_LIVE {
         return None;
     }
-    let page = page_size() as u64;
+    let page = resident::page_size() as u64;
     let start = pos - pos % page;
     let skip = (pos - start) as usize;
+    let cached = resident::cached(file, start, skip + n);
+    if cached == Some(false) {
+        return None;
+    }
     // SAFETY: see the module comment: these bytes are never written or truncated again.
     let map = unsafe {
         memmap2::MmapOptions::new()
@@ -89,7 +94,7 @@ pub fn chunk(file: &Arc<File>, pos: u64, n: usize) -> Option<Bytes> {
             .map(&**file)
     }
     .ok()?;
-    if !resident(&map) {
+    if cached.is_none() && !resident::mapped(&map) {
         return None;
     }
     let addr = map.as_ptr() as usize;
@@ -115,30 +120,6 @@ fn span_at(addr: usize, n: usize) -> Option<Span> {
         file: file.clone(),
         offset: offset + into as u64,
         len: n.min(len - into),
-    })
-}
-
-/// Whether every page of `map` is in the page cache.
-fn resident(map: &memmap2::Mmap) -> bool {
-    let mut pages = vec![0u8; map.len().div_ceil(page_size())];
-    // SAFETY: the mapping starts on a page and is live for the call; `pages` has one byte
-    // per page of it.
-    let rc = unsafe {
-        libc::mincore(
-            map.as_ptr() as *mut libc::c_void,
-            map.len(),
-            pages.as_mut_ptr(),
-        )
-    };
-    rc == 0 && pages.iter().all(|p| p & 1 == 1)
-}
-
-fn page_size() -> usize {
-    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
-        _ => 4096,
     })
 }
 

@@ -14,6 +14,10 @@ use tokio::sync::watch;
 
 /// Bytes read per step: large enough for throughput, small enough to start sending early.
 const CHUNK: u64 = 512 << 10;
+/// Bytes per step when they may be a mapping sent by `sendfile`: a mapping costs no memory
+/// whatever its length, only a map, a residency check and an unmap, so fewer and longer
+/// ones cost less CPU per byte sent.
+const MAPPED_CHUNK: u64 = 4 << 20;
 
 /// A stream of blob bytes; an `Err` item means the transfer must be cut.
 pub type BlobStream = BoxStream<'static, io::Result<Bytes>>;
@@ -181,7 +185,8 @@ impl Reader {
             };
             let limit = self.end.map_or(readable, |e| e.min(readable));
             if self.pos < limit {
-                let n = (limit - self.pos).min(CHUNK);
+                let step = if self.mapped { MAPPED_CHUNK } else { CHUNK };
+                let n = (limit - self.pos).min(step);
                 let item = read_at(self.file.clone(), self.pos, n, self.mapped).await;
                 match &item {
                     Ok(b) => self.pos += b.len() as u64,
@@ -215,14 +220,14 @@ impl Reader {
 }
 
 /// `n` bytes at `pos`: if `mapped`, a mapping where they are in the page cache (no copy
-/// into a buffer, no blocking thread), else read on a blocking thread into the buffer's spare
-/// capacity, not a zeroed one (zeroing 512 KiB per chunk cost as much CPU as the read itself).
+/// into a buffer, no blocking thread), else at most [`CHUNK`] of them read on a blocking
+/// thread into the buffer's spare capacity, not a zeroed one (zeroing 512 KiB per chunk cost as much CPU as the read itself).
 async fn read_at(file: Arc<File>, pos: u64, n: u64, mapped: bool) -> io::Result<Bytes> {
     if mapped && let Some(chunk) = super::mapped::chunk(&file, pos, n as usize) {
         return Ok(chunk);
     }
     tokio::task::spawn_blocking(move || {
-        let n = n as usize;
+        let n = n.min(CHUNK) as usize;
         let mut buf = Vec::with_capacity(n);
         while buf.len() < n {
             let at = pos + buf.len() as u64;
@@ -272,5 +277,34 @@ mod tests {
                 "mapped={mapped}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_blob_not_in_the_page_cache_is_read_into_memory_and_mapped_once_it_is() {
+        // On the crate's own disk: a tmpfs file cannot leave the page cache.
+        let mut f = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let data: Vec<u8> = (0..9u32 << 20).map(|i| (i % 239) as u8).collect();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let f = Arc::new(f);
+        let in_use = super::super::inuse::InUse::default();
+        let digest = Digest::of(&data);
+        let read = |f: Arc<File>| {
+            let source = BlobSource::stored(f, data.len() as u64, in_use.hold(&digest));
+            source.stream(0, None, true).try_collect::<Vec<Bytes>>()
+        };
+        let cold = read(f.clone()).await.unwrap();
+        assert_eq!(cold.concat(), data);
+        // (Only the first is sure to be out of the cache: reading it reads ahead.)
+        assert!(
+            super::super::span(&cold[0]).is_none() && cold[0].len() as u64 == CHUNK,
+            "a chunk not in the page cache was mapped, or read longer than a read chunk"
+        );
+        // Reading it brought it in: now it goes as mappings, longer than a read chunk.
+        let warm = read(f).await.unwrap();
+        assert_eq!(warm.concat(), data);
+        assert!(warm.iter().all(|c| super::super::span(c).is_some()));
+        assert!(warm.iter().any(|c| c.len() as u64 > CHUNK));
     }
 }
