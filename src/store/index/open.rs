@@ -308,8 +308,7 @@ impl SledIndex {
 
     /// [`compact`](Self::compact) for a caller that already holds the write order.
     pub(super) fn compact_unordered(&self) -> Result<()> {
-        let records = self.read(snapshot)?;
-        self.journal.rewrite(records).map_err(err)?;
+        self.read(|t| self.journal.rewrite_with(|emit| snapshot(t, emit)))?;
         let len = self.journal.size().map_err(err)?;
         self.read(|t| {
             t.meta
@@ -378,9 +377,8 @@ fn replay(t: &Trees, journal: &Path, from: u64) -> Result<crate::store::journal:
     Ok(replay)
 }
 
-/// Every fact of the index as journal records.
-fn snapshot(t: &Trees) -> Result<Vec<Record>> {
-    let mut out = Vec::new();
+/// Every fact of the index as journal records, passed to `out` one at a time.
+fn snapshot(t: &Trees, out: &mut dyn FnMut(&Record) -> std::io::Result<()>) -> Result<()> {
     for kv in t.blobs.iter() {
         let (k, v) = kv.map_err(err)?;
         let (Ok(digest), Ok(info)) = (
@@ -389,22 +387,22 @@ fn snapshot(t: &Trees) -> Result<Vec<Record>> {
         ) else {
             continue;
         };
-        out.push(Record::Blob {
+        out(&Record::Blob {
             digest,
             size: info.size,
             media_type: info.media_type,
-        });
+        })?;
     }
     for kv in t.links.iter() {
         let (k, _) = kv.map_err(err)?;
         if let Some((r, n, d)) = split_key(&k)
             && let Ok(digest) = d.parse()
         {
-            out.push(Record::Link {
+            out(&Record::Link {
                 registry: r.into(),
                 name: n.into(),
                 digest,
-            });
+            })?;
         }
     }
     for kv in t.tags.iter() {
@@ -412,14 +410,14 @@ fn snapshot(t: &Trees) -> Result<Vec<Record>> {
         if let Some((r, n, tag)) = split_key(&k)
             && let Ok(rec) = serde_json::from_slice::<TagRecord>(&v)
         {
-            out.push(Record::Tag {
+            out(&Record::Tag {
                 registry: r.into(),
                 name: n.into(),
                 tag: tag.into(),
                 digest: rec.digest,
                 media_type: rec.media_type,
                 fetched_at_ms: rec.fetched_at_ms,
-            });
+            })?;
         }
     }
     for kv in t.pulls.iter() {
@@ -427,22 +425,22 @@ fn snapshot(t: &Trees) -> Result<Vec<Record>> {
         if let Some((r, n, d)) = split_key(&k)
             && let Ok(digest) = d.parse()
         {
-            out.push(Record::Pull {
+            out(&Record::Pull {
                 registry: r.into(),
                 name: n.into(),
                 digest,
                 at_ms: be_u64(&v).unwrap_or(0),
-            });
+            })?;
         }
     }
     for kv in t.pins.iter() {
         let (k, v) = kv.map_err(err)?;
-        out.push(SledIndex::pin_record(
+        out(&SledIndex::pin_record(
             &String::from_utf8_lossy(&k),
             Some(&v),
-        ));
+        ))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Apply one journal record to the trees. Records naming what this airlock cannot parse are

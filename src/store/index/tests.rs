@@ -173,6 +173,25 @@ fn a_deleted_index_is_rebuilt_from_the_journal() {
 }
 
 #[test]
+fn a_compacted_journal_alone_rebuilds_the_same_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let facts = filled(dir.path());
+    let journal = dir.path().join("journal.jsonl");
+    let before = std::fs::metadata(&journal).unwrap().len();
+    {
+        let idx = SledIndex::open(&dir.path().join("index")).unwrap();
+        idx.compact_unordered().unwrap();
+    }
+    let after = std::fs::metadata(&journal).unwrap().len();
+    assert!(
+        after < before,
+        "the tag that came and went is not in the snapshot"
+    );
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    assert_same_facts(dir.path(), &facts);
+}
+
+#[test]
 fn a_corrupt_index_is_moved_aside_and_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let facts = filled(dir.path());
