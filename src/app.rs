@@ -74,6 +74,9 @@ struct Built {
     cache: Cache,
     store: Arc<dyn BlobStore>,
     index: Arc<dyn Index>,
+    /// The journal's compaction, if opening found it due: awaited on stop, since it holds
+    /// the index open.
+    compaction: JoinHandle<()>,
 }
 
 /// Open the data directory and build the cache over it.
@@ -84,7 +87,7 @@ async fn build_cache(config: &Config) -> anyhow::Result<Built> {
     make_private(data);
     // The index's lock first: a second airlock on this directory must fail before it empties
     // the first one's spools.
-    let index = SledIndex::open(&data.join("index"))?;
+    let index = Arc::new(SledIndex::open(&data.join("index"))?);
     let store = FsStore::open(data)
         .with_context(|| format!("cannot use the data directory {}", data.display()))?;
     let registries: Vec<Registry> = config
@@ -105,7 +108,15 @@ async fn build_cache(config: &Config) -> anyhow::Result<Built> {
         fill_timeout: config.storage.fill_timeout,
         fetch: security::fetch_policy(config)?,
     };
-    let (store, index): (Arc<dyn BlobStore>, Arc<dyn Index>) = (Arc::new(store), Arc::new(index));
+    let compaction = tokio::task::spawn_blocking({
+        let index = index.clone();
+        move || match index.compact_if_due() {
+            Ok(true) => tracing::info!("rewrote the index's journal as a snapshot"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not rewrite the index's journal"),
+        }
+    });
+    let (store, index): (Arc<dyn BlobStore>, Arc<dyn Index>) = (Arc::new(store), index);
     let cache = Cache::new(store.clone(), index.clone(), upstreams, settings, metrics);
     // The first measure counts the store once: it must not hold up the start.
     tokio::spawn({
@@ -116,6 +127,7 @@ async fn build_cache(config: &Config) -> anyhow::Result<Built> {
         cache,
         store,
         index,
+        compaction,
     })
 }
 
@@ -216,6 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cache,
         store,
         index,
+        compaction,
     } = build_cache(&config).await?;
     let auth = security::auth(&config, cache.metrics().clone())?;
     let default: Registry = config.server.default_registry.parse()?;
@@ -276,6 +289,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.storage.eviction_interval,
         stop_rx,
     )));
+    tasks.push(compaction);
     Ok(Running {
         addr,
         admin_addr,
@@ -296,6 +310,7 @@ pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
         cache,
         store,
         index,
+        compaction,
     } = build_cache(&config).await?;
     let default: Registry = config.server.default_registry.parse()?;
     let admin_listener = bind(([127, 0, 0, 1], 0).into(), "an embedded admin port").await?;
@@ -304,14 +319,17 @@ pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin = admin_api(&cache, &token, default, &config);
     let grace = config.server.shutdown_timeout;
-    let tasks = vec![tokio::spawn(server::serve(
-        admin_listener,
-        None,
-        admin,
-        stopped(stop_rx),
-        grace,
-        config.server.limits.clone(),
-    ))];
+    let tasks = vec![
+        tokio::spawn(server::serve(
+            admin_listener,
+            None,
+            admin,
+            stopped(stop_rx),
+            grace,
+            config.server.limits.clone(),
+        )),
+        compaction,
+    ];
     Ok(Running {
         addr: admin_addr,
         admin_addr,

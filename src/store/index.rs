@@ -49,6 +49,8 @@ pub struct SledIndex {
     failing: Mutex<Option<(Instant, String)>>,
     last_reopen: Mutex<Option<Instant>>,
     touched: Mutex<HashMap<Digest, u64>>,
+    /// Set at open when the journal has grown well past its last snapshot.
+    compact_due: std::sync::atomic::AtomicBool,
 }
 
 /// The open database and its trees.

@@ -10,6 +10,7 @@ use crate::store::journal::{Journal, Record};
 use crate::store::{BlobInfo, Index, TagRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -140,6 +141,7 @@ impl SledIndex {
             failing: Mutex::new(None),
             last_reopen: Mutex::new(None),
             touched: Mutex::new(Default::default()),
+            compact_due: AtomicBool::new(false),
         };
         if !fresh && had_journal {
             // A crash loses sled's last unflushed writes; the journal has every write reported
@@ -169,14 +171,29 @@ impl SledIndex {
         }
         index.read(|t| t.meta.insert("schema", SCHEMA).map_err(err))?;
         index.read(backfill_owners)?;
-        // A directory from before the journal, or a journal grown well past its snapshot.
+        // A directory from before the journal gets its journal now: until then the journal
+        // would not rebuild it. One grown well past its snapshot is rewritten after the
+        // start ([`compact_if_due`](Self::compact_if_due)): at 1 000 000 blobs that takes
+        // seconds, which the first answer must not wait for.
         let snapshot = index.read(|t| t.meta.get("journal_snapshot").map_err(err))?;
         let snapshot = snapshot.and_then(|v| be_u64(&v));
         let len = index.journal.size().map_err(err)?;
-        if !had_journal || snapshot.is_none_or(|s| len > s.saturating_mul(2) + COMPACT_SLACK) {
+        if !had_journal {
             index.compact()?;
+        } else if snapshot.is_none_or(|s| len > s.saturating_mul(2) + COMPACT_SLACK) {
+            index.compact_due.store(true, Ordering::Relaxed);
         }
         Ok(index)
+    }
+
+    /// Rewrite the journal as a snapshot of the index if opening found it grown well past its
+    /// last one (blocking; writes wait for it, reads do not). Whether it did.
+    pub fn compact_if_due(&self) -> Result<bool> {
+        if !self.compact_due.swap(false, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.compact()?;
+        Ok(true)
     }
 
     /// Rebuild `<data>/index` from the journal, whatever state it is in: the old index is

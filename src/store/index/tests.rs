@@ -192,6 +192,34 @@ fn a_compacted_journal_alone_rebuilds_the_same_index() {
 }
 
 #[test]
+fn a_grown_journal_is_compacted_after_the_open_not_during_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let facts = filled(dir.path());
+    let journal = Journal::path_in(dir.path());
+    {
+        // Over a MiB of records, of tags that came and went.
+        let idx = SledIndex::open(&dir.path().join("index")).unwrap();
+        let (hub, rec) = (&facts.0, &facts.2);
+        for i in 0..4000 {
+            let t: Tag = format!("gone-{i}").parse().unwrap();
+            idx.set_tag(hub, &t, rec).unwrap();
+            idx.remove_tag(hub, &t).unwrap();
+        }
+        idx.flush().unwrap();
+    }
+    let grown = std::fs::metadata(&journal).unwrap().len();
+    assert!(grown > 1 << 20, "{grown}");
+    let idx = SledIndex::open(&dir.path().join("index")).unwrap();
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), grown, "not at open");
+    assert!(idx.compact_if_due().unwrap());
+    assert!(std::fs::metadata(&journal).unwrap().len() < grown / 100);
+    assert!(!idx.compact_if_due().unwrap(), "once");
+    drop(idx);
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    assert_same_facts(dir.path(), &facts);
+}
+
+#[test]
 fn a_corrupt_index_is_moved_aside_and_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let facts = filled(dir.path());
