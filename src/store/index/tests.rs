@@ -210,7 +210,11 @@ fn a_grown_journal_is_compacted_after_the_open_not_during_it() {
     let grown = std::fs::metadata(&journal).unwrap().len();
     assert!(grown > 1 << 20, "{grown}");
     let idx = SledIndex::open(&dir.path().join("index")).unwrap();
-    assert_eq!(std::fs::metadata(&journal).unwrap().len(), grown, "not at open");
+    assert_eq!(
+        std::fs::metadata(&journal).unwrap().len(),
+        grown,
+        "not at open"
+    );
     assert!(idx.compact_if_due().unwrap());
     assert!(std::fs::metadata(&journal).unwrap().len() < grown / 100);
     assert!(!idx.compact_if_due().unwrap(), "once");
