@@ -18,6 +18,7 @@ mod maintenance;
 mod manifests;
 mod mapped;
 mod reader;
+mod referrers;
 mod resident;
 mod tags;
 
@@ -166,6 +167,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     flights: flights::Flights<manifests::FlightKey, ManifestAnswer>,
     tag_lists: flights::Flights<Repository, Option<Arc<Vec<String>>>>,
+    referrers: flights::Flights<(Repository, Digest), Arc<Vec<crate::oci::referrers::Referrer>>>,
     settings: Settings,
 }
 
@@ -187,6 +189,7 @@ impl Cache {
                 maintenance: Maintenance::default(),
                 flights: flights::Flights::default(),
                 tag_lists: flights::Flights::default(),
+                referrers: flights::Flights::default(),
                 store,
                 index,
                 upstreams,

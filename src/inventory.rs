@@ -189,7 +189,8 @@ pub fn each_image(
         if reached.contains(&digest) || store.stat(&digest)?.is_none() {
             continue;
         }
-        let closure = closure(store, &digest, None)?;
+        let mut closure = closure(store, &digest, None)?;
+        with_referrers(store, index, &repo, &digest, &mut closure)?;
         let reference = ImageRef {
             repo,
             reference: Reference::Digest(digest.clone()),
@@ -220,7 +221,8 @@ fn tagged_image(
     tag: Tag,
     rec: TagRecord,
 ) -> Result<Image> {
-    let closure = closure(store, &rec.digest, None)?;
+    let mut closure = closure(store, &rec.digest, None)?;
+    with_referrers(store, index, &repo, &rec.digest, &mut closure)?;
     let reference = ImageRef {
         repo: repo.clone(),
         reference: Reference::Tag(tag),
@@ -239,6 +241,30 @@ fn tagged_image(
         closure,
         reference,
     })
+}
+
+/// The stored referrers answers of `root` and of its platform manifests in `repo` belong to
+/// the image: gc keeps them while it is kept, eviction removes them with it.
+fn with_referrers(
+    store: &dyn BlobStore,
+    index: &dyn Index,
+    repo: &Repository,
+    root: &Digest,
+    c: &mut Closure,
+) -> Result<()> {
+    let subjects: BTreeSet<&Digest> = std::iter::once(root)
+        .chain(c.platforms.iter().map(|p| &p.manifest))
+        .collect();
+    let mut answers = Vec::new();
+    for subject in subjects {
+        if let Some(rec) = index.referrers(repo, subject)?
+            && store.stat(&rec.digest)?.is_some()
+        {
+            answers.push(rec.digest);
+        }
+    }
+    c.stored.extend(answers);
+    Ok(())
 }
 
 /// The manifest digest a reference names in the cache: a digest as is, a tag through its

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Request kinds.
-pub const KINDS: [&str; 5] = ["manifest", "blob", "tags", "base", "other"];
+pub const KINDS: [&str; 6] = ["manifest", "blob", "tags", "referrers", "base", "other"];
 /// Cache outcomes.
 pub const RESULTS: [&str; 4] = ["hit", "miss", "stale", "coalesced"];
 /// Why a request was refused by authentication, access rules or the fetch policy.
@@ -361,7 +361,7 @@ impl Metrics {
                 .collect(),
         };
         for registry in &self.known {
-            for kind in ["manifest", "blob", "tags"] {
+            for kind in ["manifest", "blob", "tags", "referrers"] {
                 for result in RESULTS {
                     self.cache_results
                         .with_label_values(&[kind, registry, result]);

@@ -5,6 +5,7 @@ pub mod digest;
 pub mod manifest;
 pub mod name;
 pub mod platform;
+pub mod referrers;
 
 pub use digest::{Digest, Verifier};
 pub use manifest::{Descriptor, accepts, children};

@@ -155,6 +155,16 @@ pub struct TagRecord {
     pub fetched_at_ms: u64,
 }
 
+/// The last known referrers of a manifest in a repository: the image index airlock made
+/// of them (stored like a manifest), and when the upstream last gave them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferrersRecord {
+    /// Digest of the stored answer (an OCI image index).
+    pub digest: Digest,
+    /// When the upstream last answered, in milliseconds since the Unix epoch.
+    pub fetched_at_ms: u64,
+}
+
 /// What is known about a blob or manifest besides its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobInfo {
@@ -178,6 +188,15 @@ pub trait Index: Send + Sync {
     fn remove_tag(&self, repo: &Repository, tag: &Tag) -> Result<()>;
     /// Tags known for a repository, sorted.
     fn tags(&self, repo: &Repository) -> Result<Vec<String>>;
+    /// The last known referrers of `subject` in `repo`.
+    fn referrers(&self, repo: &Repository, subject: &Digest) -> Result<Option<ReferrersRecord>>;
+    /// Record the referrers of `subject` in `repo`.
+    fn set_referrers(
+        &self,
+        repo: &Repository,
+        subject: &Digest,
+        record: &ReferrersRecord,
+    ) -> Result<()>;
     /// Size and media type of content, if known.
     fn blob_info(&self, digest: &Digest) -> Result<Option<BlobInfo>>;
     /// Record size and media type of content.

@@ -59,6 +59,17 @@ pub trait Upstream: Send + Sync {
     /// Every tag of a repository (following pagination).
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>>;
 
+    /// Every referrer of `subject` its referrers API lists (all pages); `Ok(None)` when the
+    /// upstream has no referrers API (it answered 404), as most registries do not.
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Option<Vec<crate::oci::referrers::Referrer>>> {
+        let _ = (repo, subject);
+        Ok(None)
+    }
+
     /// Why the upstream's pull budget is at its reserve (only client requests spend it now),
     /// or `None`.
     fn budget_low(&self) -> Option<String> {

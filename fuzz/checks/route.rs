@@ -63,7 +63,7 @@ pub fn check(data: &[u8]) -> bool {
     }
     match &route {
         Route::Manifest { reference, .. } => check_reference(reference),
-        Route::Blob { digest, .. } => check_digest(digest),
+        Route::Blob { digest, .. } | Route::Referrers { digest, .. } => check_digest(digest),
         Route::Base | Route::Tags { .. } => {}
     }
     true
@@ -91,15 +91,35 @@ pub fn print(route: &Route) -> (String, Option<String>) {
             }
             (format!("/v2/{}/tags/list", repo.name), Some(q))
         }
+        Route::Referrers {
+            repo,
+            digest,
+            artifact_types,
+            n,
+            last,
+        } => {
+            let mut q = ns(repo);
+            for t in artifact_types {
+                q.push_str(&format!("&artifactType={}", super::percent_encode(t)));
+            }
+            if let Some(n) = n {
+                q.push_str(&format!("&n={n}"));
+            }
+            if let Some(last) = last {
+                q.push_str(&format!("&last={}", super::percent_encode(last)));
+            }
+            (format!("/v2/{}/referrers/{digest}", repo.name), Some(q))
+        }
     }
 }
 
 fn repository(route: &Route) -> Option<&Repository> {
     match route {
         Route::Base => None,
-        Route::Manifest { repo, .. } | Route::Blob { repo, .. } | Route::Tags { repo, .. } => {
-            Some(repo)
-        }
+        Route::Manifest { repo, .. }
+        | Route::Blob { repo, .. }
+        | Route::Tags { repo, .. }
+        | Route::Referrers { repo, .. } => Some(repo),
     }
 }
 

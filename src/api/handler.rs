@@ -9,6 +9,8 @@ use super::token;
 use crate::auth::{Auth, Who};
 use crate::cache::{Cache, Outcome};
 use crate::error::{Error, Result};
+use crate::oci::manifest::OCI_INDEX;
+use crate::oci::referrers;
 use crate::oci::{Digest, Reference, Repository};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -44,6 +46,7 @@ struct Meta {
 
 const API_VERSION: &str = "docker-distribution-api-version";
 const CONTENT_DIGEST: &str = "docker-content-digest";
+const FILTERS_APPLIED: header::HeaderName = header::HeaderName::from_static("oci-filters-applied");
 
 impl super::server::Handle for State {
     fn handle(
@@ -149,6 +152,7 @@ impl State {
             Route::Manifest { repo, .. } => ("manifest", Some(repo)),
             Route::Blob { repo, .. } => ("blob", Some(repo)),
             Route::Tags { repo, .. } => ("tags", Some(repo)),
+            Route::Referrers { repo, .. } => ("referrers", Some(repo)),
         };
         meta.kind = kind;
         meta.registry = repo.and_then(|r| self.cache.metrics().known_registry(r.registry.as_str()));
@@ -188,6 +192,17 @@ impl State {
             Route::Blob { repo, digest } if head => self.blob_head(&repo, &digest).await,
             Route::Blob { repo, digest } => self.blob(req.headers(), &repo, &digest).await,
             Route::Tags { repo, n, last } => self.tags(req, &repo, n, last, head).await,
+            Route::Referrers {
+                repo,
+                digest,
+                artifact_types,
+                n,
+                last,
+            } => {
+                let page = Page { n, last, head };
+                self.referrers(req, &repo, &digest, &artifact_types, page)
+                    .await
+            }
         }
     }
 
@@ -361,25 +376,74 @@ impl State {
             query
                 .append_pair("n", &n.to_string())
                 .append_pair("last", last);
-            for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-                if k == "ns" {
-                    query.append_pair("ns", &v);
-                }
+            set(h, header::LINK, &next_link(req, query));
+        }
+        Ok((r, Some(outcome)))
+    }
+
+    /// The referrers of `subject`: an image index (an empty one when there are none), only
+    /// the given artifact types when asked (then `OCI-Filters-Applied` says so), in pages of
+    /// `n` (at most [`referrers::PAGE`]) with a `Link` to the next.
+    async fn referrers<B>(
+        &self,
+        req: &Request<B>,
+        repo: &Repository,
+        subject: &Digest,
+        types: &[String],
+        page: Page,
+    ) -> Result<(Response<Body>, Option<Outcome>)> {
+        let (all, outcome) = self.cache.referrers(repo, subject).await?;
+        let listed = referrers::filter(&all, types);
+        let n = page.n.unwrap_or(referrers::PAGE).min(referrers::PAGE);
+        let (shown, more) = referrers::page(&listed, n, page.last.as_deref());
+        let bytes = referrers::encode(&shown);
+        let len = bytes.len();
+        let mut r = Response::new(if page.head {
+            body::empty()
+        } else {
+            body::full(bytes)
+        });
+        let h = r.headers_mut();
+        set(h, header::CONTENT_TYPE, OCI_INDEX);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if !types.is_empty() {
+            h.insert(FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
+        }
+        if more && let Some(last) = shown.last() {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query
+                .append_pair("n", &n.to_string())
+                .append_pair("last", &last.digest.to_string());
+            for t in types {
+                query.append_pair("artifactType", t);
             }
-            set(
-                h,
-                header::LINK,
-                &format!("<{}?{}>; rel=\"next\"", req.uri().path(), query.finish()),
-            );
+            set(h, header::LINK, &next_link(req, query));
         }
         Ok((r, Some(outcome)))
     }
 }
 
+/// Which page of a list a request asks for, and whether it is a `HEAD`.
+struct Page {
+    n: Option<usize>,
+    last: Option<String>,
+    head: bool,
+}
+
+/// `<path>?<query>; rel="next"`, keeping the request's `ns` (containerd's registry).
+fn next_link<B>(req: &Request<B>, mut query: form_urlencoded::Serializer<String>) -> String {
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        if k == "ns" {
+            query.append_pair("ns", &v);
+        }
+    }
+    format!("<{}?{}>; rel=\"next\"", req.uri().path(), query.finish())
+}
+
 /// The repository name as the request path wrote it (`org/app`, `ghcr.io/org/app`).
 fn path_name(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v2/")?;
-    ["/manifests/", "/blobs/"]
+    ["/manifests/", "/blobs/", "/referrers/"]
         .iter()
         .find_map(|kw| rest.rfind(kw).map(|i| &rest[..i]))
         .or_else(|| rest.strip_suffix("/tags/list"))

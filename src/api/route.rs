@@ -27,6 +27,19 @@ pub enum Route {
         /// Digest.
         digest: Digest,
     },
+    /// `/v2/<name>/referrers/<digest>?artifactType=&n=&last=`.
+    Referrers {
+        /// Repository.
+        repo: Repository,
+        /// The subject.
+        digest: Digest,
+        /// Only referrers of these artifact types (all when empty).
+        artifact_types: Vec<String>,
+        /// Page size.
+        n: Option<usize>,
+        /// Referrers after the one with this digest.
+        last: Option<String>,
+    },
     /// `/v2/<name>/tags/list?n=&last=`.
     Tags {
         /// Repository.
@@ -89,6 +102,13 @@ impl Router {
                     "airlock is a read-only pull-through cache: pushes are not supported".into(),
                 ))
             }
+            [name @ .., "referrers", digest] if !name.is_empty() => Ok(Route::Referrers {
+                repo: repo(name)?,
+                digest: digest.parse()?,
+                artifact_types: params.artifact_types,
+                n: params.n,
+                last: params.last,
+            }),
             [name @ .., "blobs", digest] if !name.is_empty() => {
                 let repo = repo(name)?;
                 Ok(Route::Blob {
@@ -153,6 +173,7 @@ struct Query {
     ns: Option<String>,
     n: Option<usize>,
     last: Option<String>,
+    artifact_types: Vec<String>,
 }
 
 impl Query {
@@ -171,6 +192,8 @@ impl Query {
                     q.n = Some(n);
                 }
                 "last" => q.last = Some(v.into_owned()),
+                // A media type has no spaces: a `+` left unencoded was decoded as one.
+                "artifactType" => q.artifact_types.push(v.replace(' ', "+")),
                 _ => {}
             }
         }
@@ -230,6 +253,23 @@ mod tests {
             assert_eq!(e.status(), 400);
         }
         assert!(r.parse("/v2/org/app/tags/list", Some("n=0")).is_ok());
+        assert_eq!(
+            r.parse(
+                &format!("/v2/ghcr.io/org/app/referrers/{D}"),
+                Some("artifactType=application/spdx+json&artifactType=application%2Fvnd.dev.cosign.artifact.sig.v1%2Bjson&n=5&last=x")
+            )
+            .unwrap(),
+            Route::Referrers {
+                repo: repo("ghcr.io", "org/app"),
+                digest: D.parse().unwrap(),
+                artifact_types: vec![
+                    "application/spdx+json".into(),
+                    "application/vnd.dev.cosign.artifact.sig.v1+json".into()
+                ],
+                n: Some(5),
+                last: Some("x".into())
+            }
+        );
         // Endpoint words are fine inside names: the suffix decides.
         assert_eq!(
             r.parse("/v2/manifests/blobs/manifests/latest", None)
@@ -351,7 +391,8 @@ mod tests {
             ("/v2/a/blobs/uploads/", None, "UNSUPPORTED"),
             ("/v2/a/blobs/uploads/some-uuid", None, "UNSUPPORTED"),
             ("/v2/_catalog", None, "UNSUPPORTED"),
-            ("/v2/a/referrers/x", None, "UNSUPPORTED"),
+            ("/v2/a/referrers/x", None, "DIGEST_INVALID"),
+            ("/v2/a/referrers/", None, "DIGEST_INVALID"),
             ("/etc/passwd", None, "UNSUPPORTED"),
             ("/v2/manifests/latest", None, "UNSUPPORTED"),
         ];

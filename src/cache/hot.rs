@@ -68,6 +68,8 @@ impl Eq for dyn TagKey + '_ {}
 
 /// Memory for tag lists (a popular repository has tens of thousands of tags).
 const TAG_LIST_BYTES: u64 = 32 << 20;
+/// Bound on the memory of referrers answers (descriptors, roughly).
+const REFERRERS_BYTES: u64 = 16 << 20;
 
 /// The hot caches.
 pub struct Hot {
@@ -79,6 +81,8 @@ pub struct Hot {
     pub tag_lists: Cache<Repository, (Instant, Arc<Vec<String>>)>,
     /// What the upstream recently said it does not have.
     pub unknown: Cache<Unknown, ()>,
+    /// Referrers answers by repository and subject.
+    pub referrers: Cache<(Repository, Digest), super::referrers::Known>,
 }
 
 impl Hot {
@@ -98,6 +102,12 @@ impl Hot {
                 .weigher(|_, (_, tags): &(Instant, Arc<Vec<String>>)| {
                     let bytes: usize = tags.iter().map(|t| t.len() + 24).sum();
                     u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+                })
+                .build(),
+            referrers: Cache::builder()
+                .max_capacity(REFERRERS_BYTES)
+                .weigher(|_, k: &super::referrers::Known| {
+                    u32::try_from(k.weight()).unwrap_or(u32::MAX)
                 })
                 .build(),
             unknown: Cache::builder()

@@ -12,6 +12,7 @@
 //! access digest                        -> last use, ms since epoch (u64 big-endian)
 //! pins   image reference               -> "" or the manifest digest it named when pinned
 //! pulls  registry \0 repo \0 digest    -> first pull by digest, ms since epoch (u64 BE)
+//! referrers registry \0 repo \0 subject -> ReferrersRecord (JSON)
 //! ```
 //! sled promises no stable on-disk format, so the schema version is checked at open; the
 //! trait stays narrow so another engine could replace this file alone. Opening, rebuilding
@@ -24,7 +25,7 @@ mod tests;
 pub use open::Reindexed;
 
 use super::journal::{Journal, Record};
-use super::{BlobInfo, Index, TagRecord, now_ms};
+use super::{BlobInfo, Index, ReferrersRecord, TagRecord, now_ms};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Repository, Tag};
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ struct Trees {
     pins: sled::Tree,
     /// Manifests pulled by digest, per repository (key: registry, name, digest).
     pulls: sled::Tree,
+    /// The last known referrers of a manifest (key: registry, name, subject digest).
+    referrers: sled::Tree,
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
@@ -101,6 +104,7 @@ fn forget(t: &Trees, digest: &Digest) -> sled::Result<bool> {
         let mut link = rest.to_vec();
         link.push(0);
         link.extend_from_slice(d.as_bytes());
+        t.referrers.remove(&link)?;
         t.links.remove(link)?;
         t.owners.remove(&key)?;
         had = true;
@@ -302,6 +306,38 @@ impl Index for SledIndex {
                 })
                 .collect()
         })
+    }
+
+    fn referrers(&self, repo: &Repository, subject: &Digest) -> Result<Option<ReferrersRecord>> {
+        self.read(|t| get_json(&t.referrers, &repo_key(repo, &subject.to_string())))
+    }
+
+    fn set_referrers(
+        &self,
+        repo: &Repository,
+        subject: &Digest,
+        record: &ReferrersRecord,
+    ) -> Result<()> {
+        let key = repo_key(repo, &subject.to_string());
+        let value = to_json(record).map_err(err)?;
+        self.write(
+            |t| t.referrers.insert(&key, value.as_slice()),
+            |old| {
+                // Journal a changed answer, not each revalidation of the same one.
+                let same = old
+                    .as_ref()
+                    .and_then(|o| serde_json::from_slice::<ReferrersRecord>(o).ok())
+                    .is_some_and(|o| o.digest == record.digest);
+                (!same).then(|| Record::Referrers {
+                    registry: repo.registry.to_string(),
+                    name: repo.name.to_string(),
+                    subject: subject.clone(),
+                    digest: record.digest.clone(),
+                    fetched_at_ms: record.fetched_at_ms,
+                })
+            },
+        )?;
+        Ok(())
     }
 
     fn blob_info(&self, digest: &Digest) -> Result<Option<BlobInfo>> {

@@ -1,5 +1,6 @@
 //! The journal: an append-only record, beside the blobs, of what only the index knows (tag
-//! answers with their fetch time, blob descriptors, repository links, pulls by digest, pins),
+//! answers with their fetch time, blob descriptors, repository links, pulls by digest,
+//! referrers answers, pins),
 //! so that a data directory whose index is lost or corrupt can be rebuilt whole.
 //!
 //! `<data>/journal.jsonl` holds one JSON [`Record`] per line. Records are states, not deltas:
@@ -65,6 +66,14 @@ pub enum Record {
         registry: String,
         name: String,
         digest: Digest,
+    },
+    /// The last known referrers of a manifest: the stored index airlock made of them.
+    Referrers {
+        registry: String,
+        name: String,
+        subject: Digest,
+        digest: Digest,
+        fetched_at_ms: u64,
     },
     /// Content deleted: its descriptor, links and access time are forgotten.
     Forget { digest: Digest },

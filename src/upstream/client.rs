@@ -24,6 +24,8 @@ use reqwest::Url;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod referrers;
+
 const MAX_REDIRECTS: usize = 5;
 const MAX_TAG_PAGES: usize = 100;
 
@@ -439,6 +441,14 @@ impl Upstream for HttpUpstream {
         Ok(Some(
             header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
         ))
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Option<Vec<crate::oci::referrers::Referrer>>> {
+        self.fetch_referrers(repo, subject).await
     }
 
     fn budget_low(&self) -> Option<String> {

@@ -34,5 +34,6 @@ mod pins;
 mod prometheus;
 mod pull;
 mod redirects;
+mod referrers;
 mod routing;
 mod tls;

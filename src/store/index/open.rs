@@ -7,7 +7,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::store::journal::{Journal, Record};
-use crate::store::{BlobInfo, Index, TagRecord};
+use crate::store::{BlobInfo, Index, ReferrersRecord, TagRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +85,7 @@ fn open_db(path: &Path) -> std::result::Result<Trees, OpenFailure> {
         access: tree("access")?,
         pins: tree("pins")?,
         pulls: tree("pulls")?,
+        referrers: tree("referrers")?,
         db,
     })
 }
@@ -450,6 +451,21 @@ fn snapshot(t: &Trees, out: &mut dyn FnMut(&Record) -> std::io::Result<()>) -> R
             })?;
         }
     }
+    for kv in t.referrers.iter() {
+        let (k, v) = kv.map_err(err)?;
+        if let Some((r, n, d)) = split_key(&k)
+            && let (Ok(subject), Ok(rec)) =
+                (d.parse(), serde_json::from_slice::<ReferrersRecord>(&v))
+        {
+            out(&Record::Referrers {
+                registry: r.into(),
+                name: n.into(),
+                subject,
+                digest: rec.digest,
+                fetched_at_ms: rec.fetched_at_ms,
+            })?;
+        }
+    }
     for kv in t.pins.iter() {
         let (k, v) = kv.map_err(err)?;
         out(&SledIndex::pin_record(
@@ -532,6 +548,22 @@ fn apply(t: &Trees, r: &Record) -> sled::Result<()> {
         } => {
             if let Some(repo) = repo(registry, name) {
                 t.pulls.remove(repo_key(&repo, &digest.to_string()))?;
+            }
+        }
+        Record::Referrers {
+            registry,
+            name,
+            subject,
+            digest,
+            fetched_at_ms,
+        } => {
+            if let Some(repo) = repo(registry, name) {
+                let rec = ReferrersRecord {
+                    digest: digest.clone(),
+                    fetched_at_ms: *fetched_at_ms,
+                };
+                t.referrers
+                    .insert(repo_key(&repo, &subject.to_string()), to_json(&rec)?)?;
             }
         }
         Record::Forget { digest } => {

@@ -127,6 +127,8 @@ fn filled(data: &Path) -> (Repository, Tag, TagRecord) {
     };
     idx.set_blob_info(&rec.digest, &info).unwrap();
     idx.set_digest_pull(&hub, &Digest::of(b"p"), 5).unwrap();
+    idx.set_referrers(&hub, &rec.digest, &referrers_record())
+        .unwrap();
     idx.pin_at("docker.io/library/nginx:latest", &rec.digest)
         .unwrap();
     idx.set_pinned("docker.io/library/redis:7", true).unwrap();
@@ -134,6 +136,13 @@ fn filled(data: &Path) -> (Repository, Tag, TagRecord) {
     idx.set_pinned("docker.io/library/redis:6", false).unwrap();
     idx.flush().unwrap();
     (hub, t, rec)
+}
+
+fn referrers_record() -> ReferrersRecord {
+    ReferrersRecord {
+        digest: Digest::of(b"referrers"),
+        fetched_at_ms: 11,
+    }
 }
 
 fn assert_same_facts(data: &Path, (hub, t, rec): &(Repository, Tag, TagRecord)) {
@@ -162,6 +171,12 @@ fn assert_same_facts(data: &Path, (hub, t, rec): &(Repository, Tag, TagRecord)) 
         idx.pinned_digest("docker.io/library/nginx:latest").unwrap(),
         Some(rec.digest.clone())
     );
+    assert_eq!(
+        idx.referrers(hub, &rec.digest).unwrap(),
+        Some(referrers_record())
+    );
+    let elsewhere = repo("docker.io", "library/other");
+    assert_eq!(idx.referrers(&elsewhere, &rec.digest).unwrap(), None);
 }
 
 #[test]
@@ -311,6 +326,7 @@ fn deleted_content_is_forgotten_and_stays_forgotten_after_a_rebuild() {
         idx.link(&b, d).unwrap();
         idx.set_blob_info(d, &info).unwrap();
         idx.touch(d).unwrap();
+        idx.set_referrers(&a, d, &referrers_record()).unwrap();
     }
     idx.forget_blob(&gone).unwrap();
     let check = |idx: &SledIndex| {
@@ -319,6 +335,8 @@ fn deleted_content_is_forgotten_and_stays_forgotten_after_a_rebuild() {
         assert_eq!(idx.last_access(&gone).unwrap(), None);
         assert!(idx.is_linked(&a, &kept).unwrap() && idx.is_linked(&b, &kept).unwrap());
         assert_eq!(idx.blob_info(&kept).unwrap(), Some(info.clone()));
+        assert_eq!(idx.referrers(&a, &gone).unwrap(), None);
+        assert_eq!(idx.referrers(&a, &kept).unwrap(), Some(referrers_record()));
     };
     check(&idx);
     idx.flush().unwrap();

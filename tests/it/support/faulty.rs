@@ -2,7 +2,8 @@
 //!
 //! [`FaultyUpstream`] serves `GET|HEAD /v2/` (200), `/v2/<repo>/manifests/<tag|digest>` (with
 //! Content-Type and Docker-Content-Digest) and `/v2/<repo>/blobs/<digest>` (any repo, with
-//! `Range: bytes=a-b` support) from content added at runtime, and misbehaves on request:
+//! `Range: bytes=a-b` support) and `/v2/<repo>/referrers/<digest>` (only where added) from
+//! content added at runtime, and misbehaves on request:
 //! wrong bytes of the right length, a short body then a closed connection, an error status,
 //! stalls before or after the headers or mid-body, a slow trickle, or a gate that holds
 //! responses until the test opens it. [`BlackHole`] is a port that never accepts at all.
@@ -116,6 +117,8 @@ struct Rule {
 struct State {
     blobs: HashMap<String, Bytes>,
     manifests: HashMap<(String, String), (String, Bytes)>,
+    /// Referrers API answers by (repository, subject digest).
+    referrers: HashMap<(String, String), Bytes>,
     rules: Vec<Rule>,
     log: Vec<(String, String)>,
     /// Docker Hub's pull budget: (limit, remaining); a manifest GET spends one, a HEAD none.
@@ -195,6 +198,14 @@ impl FaultyUpstream {
             artifact.media_type(),
             artifact.manifest().clone(),
         );
+    }
+
+    /// Offer the referrers API for `subject` in `repo`: answer `index` (an OCI image index).
+    /// Without one, the API answers 404, as a registry without it does.
+    pub fn add_referrers(&self, repo: &str, subject: &str, index: impl Into<Bytes>) {
+        self.lock()
+            .referrers
+            .insert((repo.into(), subject.into()), index.into());
     }
 
     /// Announce a pull budget as Docker Hub does (`ratelimit-limit`/`ratelimit-remaining` on
@@ -423,6 +434,15 @@ fn lookup(st: &State, path: &str) -> Option<(String, String, Bytes)> {
             .manifests
             .get(&(repo.to_string(), reference.to_string()))?;
         return Some((mt.clone(), sha256_digest(data), data.clone()));
+    }
+    if let Some(i) = rest.rfind("/referrers/") {
+        let (repo, subject) = (&rest[..i], &rest[i + "/referrers/".len()..]);
+        let data = st.referrers.get(&(repo.to_string(), subject.to_string()))?;
+        return Some((
+            "application/vnd.oci.image.index.v1+json".into(),
+            sha256_digest(data),
+            data.clone(),
+        ));
     }
     let i = rest.rfind("/blobs/")?;
     let digest = &rest[i + "/blobs/".len()..];

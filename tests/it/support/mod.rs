@@ -23,6 +23,7 @@
 
 pub mod accesslog;
 pub mod airlock;
+pub mod artifact;
 pub mod certs;
 pub mod daemon;
 pub mod faulty;

@@ -1,0 +1,214 @@
+//! The referrers of a manifest (OCI distribution spec 1.1): the descriptors of the manifests
+//! whose `subject` names it (signatures, attestations, SBOMs), as an image index. Parsing an
+//! upstream's answer or a tag-schema index (`sha256-<hex>`), merging them, filtering by
+//! `artifactType`, paging and encoding. No I/O here.
+
+use super::Digest;
+use super::manifest::OCI_INDEX;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+
+/// Referrers kept for one subject at most: a signature, an SBOM and a few attestations per
+/// release is the norm; this many is far past any real image and still a bounded answer.
+pub const MAX_REFERRERS: usize = 10_000;
+/// Descriptors per page of the referrers API when the client does not ask for fewer.
+pub const PAGE: usize = 1_000;
+
+/// One referrer: a manifest descriptor with the artifact type and annotations the referrers
+/// API carries (unknown fields are not kept: they are not part of the answer's contract).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Referrer {
+    /// Media type of the referring manifest.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its artifact type (or config media type), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// Its annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct RawIndex {
+    #[serde(default)]
+    manifests: Vec<serde_json::Value>,
+}
+
+/// The referrers an image index lists (an upstream's referrers answer, a tag-schema index).
+/// Entries that are not manifest descriptors (no digest, an unparsable one, no size) are
+/// skipped: an upstream's stray entry costs that entry, not the answer. `Err` when the bytes
+/// are not an index, or list more than [`MAX_REFERRERS`].
+pub fn parse(bytes: &[u8]) -> Result<Vec<Referrer>, String> {
+    let raw: RawIndex =
+        serde_json::from_slice(bytes).map_err(|e| format!("not an image index: {e}"))?;
+    if raw.manifests.len() > MAX_REFERRERS {
+        return Err(format!(
+            "lists {} referrers, more than the {MAX_REFERRERS} airlock keeps for one manifest",
+            raw.manifests.len()
+        ));
+    }
+    Ok(raw
+        .manifests
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect())
+}
+
+/// `more` appended to `list`, leaving out digests already there (the first source wins).
+pub fn merge(list: &mut Vec<Referrer>, more: Vec<Referrer>) {
+    let mut seen: HashSet<Digest> = list.iter().map(|r| r.digest.clone()).collect();
+    for r in more {
+        if list.len() >= MAX_REFERRERS {
+            return;
+        }
+        if seen.insert(r.digest.clone()) {
+            list.push(r);
+        }
+    }
+}
+
+/// The referrers of any of `types` (all of them when `types` is empty).
+pub fn filter<'a>(list: &'a [Referrer], types: &[String]) -> Vec<&'a Referrer> {
+    list.iter()
+        .filter(|r| {
+            types.is_empty()
+                || r.artifact_type
+                    .as_ref()
+                    .is_some_and(|t| types.iter().any(|w| w == t))
+        })
+        .collect()
+}
+
+/// Up to `n` referrers after the one with digest `last` (from the first when `None`, or when
+/// `last` is not in the list), and whether more follow.
+pub fn page<'a>(list: &[&'a Referrer], n: usize, last: Option<&str>) -> (Vec<&'a Referrer>, bool) {
+    let start = last
+        .and_then(|l| list.iter().position(|r| r.digest.to_string() == l))
+        .map_or(0, |i| i + 1);
+    let rest = &list[start.min(list.len())..];
+    let n = n.max(1);
+    (rest.iter().take(n).copied().collect(), rest.len() > n)
+}
+
+/// The image index that answers a referrers request.
+pub fn encode(list: &[&Referrer]) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer<'a> {
+        schema_version: u32,
+        media_type: &'static str,
+        manifests: &'a [&'a Referrer],
+    }
+    serde_json::to_vec(&Answer {
+        schema_version: 2,
+        media_type: OCI_INDEX,
+        manifests: list,
+    })
+    .expect("descriptors serialize")
+}
+
+/// The tag the referrers tag schema gives the index of `subject`'s referrers.
+pub fn schema_tag(subject: &Digest) -> String {
+    format!("{}-{}", subject.algorithm(), subject.hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn entry(c: char, artifact: Option<&str>) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": d(c), "size": 100,
+        });
+        if let Some(a) = artifact {
+            v["artifactType"] = a.into();
+            v["annotations"] = serde_json::json!({"org.example": "x"});
+        }
+        v
+    }
+
+    fn index(entries: Vec<serde_json::Value>) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": entries})).unwrap()
+    }
+
+    #[test]
+    fn keeps_descriptors_and_skips_what_is_not_one() {
+        let bytes = index(vec![
+            entry('a', Some("application/spdx+json")),
+            serde_json::json!({"digest": "sha256:short", "size": 1, "mediaType": "x"}),
+            serde_json::json!({"mediaType": "x", "digest": d('c')}),
+            entry('b', None),
+        ]);
+        let list = parse(&bytes).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            list[0].artifact_type.as_deref(),
+            Some("application/spdx+json")
+        );
+        assert_eq!(list[0].annotations.as_ref().unwrap()["org.example"], "x");
+        assert_eq!(list[1].digest.to_string(), d('b'));
+        assert!(parse(b"not json").is_err());
+        assert!(parse(b"[1, 2]").is_err());
+    }
+
+    #[test]
+    fn an_index_of_a_hundred_thousand_referrers_is_refused_with_a_reason() {
+        let entries = (0..100_000).map(|_| entry('a', None)).collect();
+        let e = parse(&index(entries)).unwrap_err();
+        assert!(e.contains("100000 referrers"), "{e}");
+    }
+
+    #[test]
+    fn merges_without_duplicates_filters_and_pages() {
+        let mut list = parse(&index(vec![entry('a', Some("sig")), entry('b', None)])).unwrap();
+        merge(
+            &mut list,
+            parse(&index(vec![
+                entry('b', Some("other")),
+                entry('c', Some("sbom")),
+            ]))
+            .unwrap(),
+        );
+        let digests: Vec<String> = list.iter().map(|r| r.digest.to_string()).collect();
+        assert_eq!(digests, [d('a'), d('b'), d('c')]);
+        assert_eq!(
+            list[1].artifact_type, None,
+            "the first source's entry is kept"
+        );
+
+        let sboms = filter(&list, &["sbom".into()]);
+        assert_eq!(sboms.len(), 1);
+        assert_eq!(filter(&list, &["sig".into(), "sbom".into()]).len(), 2);
+        let all = filter(&list, &[]);
+        assert_eq!(all.len(), 3);
+
+        let (first, more) = page(&all, 2, None);
+        assert_eq!((first.len(), more), (2, true));
+        let (second, more) = page(&all, 2, Some(&first[1].digest.to_string()));
+        assert_eq!((second.len(), more), (1, false));
+        assert_eq!(second[0].digest.to_string(), d('c'));
+
+        let answer: serde_json::Value = serde_json::from_slice(&encode(&sboms)).unwrap();
+        assert_eq!(answer["schemaVersion"], 2);
+        assert_eq!(answer["mediaType"], OCI_INDEX);
+        assert_eq!(answer["manifests"][0]["artifactType"], "sbom");
+        let empty: serde_json::Value = serde_json::from_slice(&encode(&[])).unwrap();
+        assert_eq!(empty["manifests"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn the_schema_tag_is_the_algorithm_and_hex() {
+        let digest: Digest = d('f').parse().unwrap();
+        assert_eq!(schema_tag(&digest), format!("sha256-{}", "f".repeat(64)));
+    }
+}
