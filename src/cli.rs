@@ -64,6 +64,10 @@ enum Command {
         /// Platforms to keep of multi-platform images (default: all).
         #[arg(long, value_name = "OS/ARCH[/VARIANT],…")]
         platform: Option<String>,
+        /// Leave out each image's signatures, attestations and SBOMs (its referrers and
+        /// cosign's sha256-<hex>.sig/.att/.sbom tags), which are brought by default.
+        #[arg(long)]
+        no_signatures: bool,
     },
     /// Write cached images to an OCI image layout archive, to carry across a gap.
     Export {
@@ -197,9 +201,11 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
 
 async fn cache_command(session: &Session, command: Command) -> anyhow::Result<bool> {
     match command {
-        Command::Preload { images, platform } => {
-            ops::preload(session, ops::references(&images)?, platform).await
-        }
+        Command::Preload {
+            images,
+            platform,
+            no_signatures,
+        } => ops::preload(session, ops::references(&images)?, platform, !no_signatures).await,
         Command::Export {
             images,
             all,

@@ -3,6 +3,10 @@
 //! use and pins. Read-only over the store and index; `cache ls`, export, eviction, gc and the
 //! preload readiness report are built on it.
 
+mod attached;
+
+pub use attached::{Attachments, attached};
+
 use crate::error::{Error, Result};
 use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, Repository, Tag, children};
 use crate::store::{BlobStore, Index, TAG_PAGE, TagRecord};

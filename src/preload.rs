@@ -7,7 +7,7 @@ mod readiness;
 use crate::cache::{Cache, Manifest};
 use crate::error::{Error, Result};
 use crate::oci::manifest::ACCEPT_ALL;
-use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, children};
+use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, children, referrers};
 use crate::progress::Progress;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -22,13 +22,31 @@ const IMAGES_AT_ONCE: usize = 3;
 const BLOBS_AT_ONCE: usize = 4;
 
 /// What to preload.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     /// Image references (`nginx:1.25`, `ghcr.io/org/app@sha256:…`).
     pub images: Vec<String>,
     /// Platforms to keep of an index (`linux/amd64,linux/arm64`); all when empty.
     #[serde(default)]
     pub platforms: Option<String>,
+    /// Bring each image's signatures, attestations and SBOMs too: its referrers and cosign's
+    /// `sha256-<hex>.sig`, `.att` and `.sbom` tags (on unless turned off).
+    #[serde(default = "yes")]
+    pub signatures: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Request {
+    fn default() -> Request {
+        Request {
+            images: Vec::new(),
+            platforms: None,
+            signatures: true,
+        }
+    }
 }
 
 /// Offline readiness of one platform of one image.
@@ -53,6 +71,9 @@ pub struct Readiness {
     pub platforms: Vec<PlatformReadiness>,
     /// Why the image itself failed (bad reference, unknown upstream, …).
     pub error: Option<String>,
+    /// Its signatures, attestations and SBOMs that would pull offline.
+    #[serde(default)]
+    pub attached: crate::inventory::Attachments,
 }
 
 impl Readiness {
@@ -118,7 +139,13 @@ pub async fn preload(
                 progress: progress.clone(),
                 downloaded: downloaded.clone(),
             };
-            one(ctx, default.clone(), image.clone(), platforms.clone())
+            one(
+                ctx,
+                default.clone(),
+                image.clone(),
+                platforms.clone(),
+                request.signatures,
+            )
         })
         .collect();
     let images: Vec<Readiness> = futures_util::stream::iter(jobs)
@@ -154,6 +181,7 @@ async fn one(
     default: Registry,
     image: String,
     platforms: Option<Vec<Platform>>,
+    signatures: bool,
 ) -> Readiness {
     let (cache, progress, image, platforms) = (
         &ctx.cache,
@@ -174,7 +202,7 @@ async fn one(
         }
     };
     wait_for_budget(cache, &reference, progress).await;
-    let fetched = fetch(&ctx, &reference, platforms, image).await;
+    let fetched = fetch(&ctx, &reference, platforms, signatures, image).await;
     let mut readiness = readiness::check(cache, &reference, platforms).await;
     readiness.image = image.to_string();
     if let Err(e) = fetched {
@@ -231,6 +259,7 @@ async fn fetch(
     ctx: &Ctx,
     reference: &ImageRef,
     platforms: Option<&[Platform]>,
+    signatures: bool,
     id: &str,
 ) -> Result<()> {
     let (cache, progress) = (&ctx.cache, &ctx.progress);
@@ -266,6 +295,15 @@ async fn fetch(
     } else {
         manifests.push(top.clone());
     }
+    if signatures {
+        let subjects: std::collections::BTreeSet<Digest> = std::iter::once(&top)
+            .chain(&manifests)
+            .map(|m| m.digest.clone())
+            .collect();
+        for subject in subjects {
+            manifests.extend(attachments(cache, reference, &subject).await?);
+        }
+    }
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
     for m in &manifests {
         for b in children(&m.bytes)
@@ -292,6 +330,39 @@ async fn fetch(
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// What is attached to `subject` upstream, its manifests fetched (and pinned): cosign's
+/// tags and the referrers. None is normal: most images are not signed.
+async fn attachments(
+    cache: &Cache,
+    reference: &ImageRef,
+    subject: &Digest,
+) -> Result<Vec<Arc<Manifest>>> {
+    let repo = &reference.repo;
+    let mut refs: Vec<Reference> = Vec::new();
+    for (suffix, _) in referrers::COSIGN_TAGS {
+        refs.push(Reference::Tag(
+            referrers::cosign_tag(subject, suffix).parse()?,
+        ));
+    }
+    let (list, _) = cache.referrers(repo, subject).await?;
+    refs.extend(list.iter().map(|r| Reference::Digest(r.digest.clone())));
+    let mut out = Vec::new();
+    for r in refs {
+        let m = match cache.manifest(repo, &r, &[ACCEPT_ALL]).await {
+            Ok(answer) => answer.manifest,
+            Err(Error::ManifestUnknown(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let pin = ImageRef {
+            repo: repo.clone(),
+            reference: r,
+        };
+        cache.index().pin_at(&pin.to_string(), &m.digest)?;
+        out.push(m);
+    }
+    Ok(out)
 }
 
 /// The progress unit of one image: its id, expected and done bytes.

@@ -40,9 +40,12 @@ pub async fn preload(
     session: &Session,
     images: Vec<String>,
     platforms: Option<String>,
+    signatures: bool,
 ) -> anyhow::Result<bool> {
     let mut render = Render::new();
-    let body = serde_json::to_vec(&json!({ "images": images, "platforms": platforms }))?;
+    let body = serde_json::to_vec(
+        &json!({ "images": images, "platforms": platforms, "signatures": signatures }),
+    )?;
     let (ok, report) = session
         .events("/admin/preload", body.into(), |e| render.on(e))
         .await?;
@@ -51,14 +54,24 @@ pub async fn preload(
         bail!("{e}");
     }
     let report: crate::preload::Report = serde_json::from_value(report)?;
-    println!("{:<60} {:<16} OFFLINE", "IMAGE", "PLATFORM");
+    println!(
+        "{:<60} {:<16} {:<6} {:<6} {:<6} OFFLINE",
+        "IMAGE", "PLATFORM", "SIGNED", "ATTEST", "SBOM"
+    );
     for image in &report.images {
         let name = image
             .reference
             .clone()
             .unwrap_or_else(|| image.image.clone());
+        let a = &image.attached;
+        let attached = format!(
+            "{:<6} {:<6} {:<6}",
+            count(a.signatures),
+            count(a.attestations),
+            count(a.sboms)
+        );
         if let Some(e) = &image.error {
-            println!("{name:<60} {:<16} NO: {e}", "-");
+            println!("{name:<60} {:<16} {attached} NO: {e}", "-");
         }
         for p in &image.platforms {
             let state = if p.ready {
@@ -66,7 +79,7 @@ pub async fn preload(
             } else {
                 format!("NO: {}", p.reason.clone().unwrap_or_default())
             };
-            println!("{name:<60} {:<16} {state}", p.platform);
+            println!("{name:<60} {:<16} {attached} {state}", p.platform);
         }
     }
     println!(
@@ -79,6 +92,11 @@ pub async fn preload(
         }
     );
     Ok(ok)
+}
+
+/// A count for a column: `-` for none.
+fn count(n: usize) -> String {
+    if n == 0 { "-".into() } else { n.to_string() }
 }
 
 /// `airlock export`: write a bundle to `output` (through a temporary file, renamed when whole).

@@ -117,6 +117,51 @@ pub fn schema_tag(subject: &Digest) -> String {
     format!("{}-{}", subject.algorithm(), subject.hex())
 }
 
+/// What an artifact attached to an image is for, as `cache ls` and the readiness report count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A signature: cosign's `.sig`, a notation signature, a sigstore bundle.
+    Signature,
+    /// An attestation: cosign's `.att`, in-toto, DSSE.
+    Attestation,
+    /// A software bill of materials: cosign's `.sbom`, SPDX, CycloneDX, Syft.
+    Sbom,
+    /// Anything else.
+    Other,
+}
+
+/// The suffixes cosign gives its tags (`sha256-<hex>.sig`) and what each holds.
+pub const COSIGN_TAGS: [(&str, Attached); 3] = [
+    (".sig", Attached::Signature),
+    (".att", Attached::Attestation),
+    (".sbom", Attached::Sbom),
+];
+
+impl Attached {
+    /// What a referrer of this artifact type is.
+    pub fn of_artifact_type(t: &str) -> Attached {
+        let t = t.to_ascii_lowercase();
+        if t.contains("spdx")
+            || t.contains("cyclonedx")
+            || t.contains("syft")
+            || t.contains(".sbom")
+        {
+            Attached::Sbom
+        } else if t.contains("in-toto") || t.contains("dsse") || t.contains(".att") {
+            Attached::Attestation
+        } else if t.contains("signature") || t.contains("sigstore.bundle") || t.contains(".sig") {
+            Attached::Signature
+        } else {
+            Attached::Other
+        }
+    }
+}
+
+/// The tag cosign gives what it attaches to `subject` (`sha256-<hex>.sig`, …).
+pub fn cosign_tag(subject: &Digest, suffix: &str) -> String {
+    format!("{}{suffix}", schema_tag(subject))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +249,36 @@ mod tests {
         assert_eq!(answer["manifests"][0]["artifactType"], "sbom");
         let empty: serde_json::Value = serde_json::from_slice(&encode(&[])).unwrap();
         assert_eq!(empty["manifests"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn attached_artifacts_are_told_apart_by_their_type() {
+        for (t, want) in [
+            (
+                "application/vnd.dev.cosign.artifact.sig.v1+json",
+                Attached::Signature,
+            ),
+            ("application/vnd.cncf.notary.signature", Attached::Signature),
+            (
+                "application/vnd.dev.sigstore.bundle.v0.3+json",
+                Attached::Signature,
+            ),
+            ("application/vnd.in-toto+json", Attached::Attestation),
+            (
+                "application/vnd.dsse.envelope.v1+json",
+                Attached::Attestation,
+            ),
+            ("application/spdx+json", Attached::Sbom),
+            ("application/vnd.cyclonedx+json", Attached::Sbom),
+            ("application/vnd.cncf.helm.config.v1+json", Attached::Other),
+        ] {
+            assert_eq!(Attached::of_artifact_type(t), want, "{t}");
+        }
+        let digest: Digest = d('a').parse().unwrap();
+        assert_eq!(
+            cosign_tag(&digest, ".sig"),
+            format!("sha256-{}.sig", "a".repeat(64))
+        );
     }
 
     #[test]

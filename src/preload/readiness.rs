@@ -1,10 +1,11 @@
 //! Would a pull succeed with the network cut? For a tag: a tag record; for every requested
 //! platform: its manifest and each of its config and layers stored and linked to the
-//! repository (an unlinked blob would need the upstream to confirm it).
+//! repository (an unlinked blob would need the upstream to confirm it). And what is attached
+//! to it (signatures, attestations, SBOMs) that would pull offline too.
 
 use super::{PlatformReadiness, Readiness};
 use crate::cache::Cache;
-use crate::inventory::{read_manifest, resolve};
+use crate::inventory::{attached, read_manifest, resolve};
 use crate::oci::{Digest, ImageRef, Platform, children};
 use crate::store::{BlobStore, Index};
 
@@ -68,6 +69,17 @@ fn blocking(
         return r;
     };
     let kids = children(&bytes).unwrap_or_default();
+    let subjects: Vec<Digest> = std::iter::once(root.clone())
+        .chain(
+            kids.iter()
+                .filter(|k| k.is_manifest)
+                .map(|k| k.digest.clone()),
+        )
+        .collect();
+    match attached(store, index, &reference.repo, &subjects) {
+        Ok(a) => r.attached = a,
+        Err(e) => r.error = Some(e.to_string()),
+    }
     if !kids.iter().any(|k| k.is_manifest) {
         r.platforms
             .push(platform_state("-".into(), store, index, reference, &root));

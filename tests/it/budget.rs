@@ -117,6 +117,7 @@ async fn at_the_reserve_preload_waits_and_says_so_then_resumes() {
         let request = airlock::preload::Request {
             images: vec!["hub/next:v1".into()],
             platforms: None,
+            ..Default::default()
         };
         let default = "docker.io".parse().unwrap();
         airlock::preload::preload(

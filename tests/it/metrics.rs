@@ -82,14 +82,19 @@ async fn counters_match_a_scripted_set_of_pulls() {
     let gets: Vec<_> = (0..5)
         .map(|_| tokio::spawn(client().get(&blob_url).send()))
         .collect();
-    for _ in 0..200 {
+    // (Bounded, and checked: on a loaded machine five requests may take a while to arrive,
+    // and one arriving after the gate opens would be a hit, not a join.)
+    let mut joined = false;
+    for _ in 0..1500 {
         if value(&scrape(&airlock).await, "airlock_requests_in_flight", &[]) == 5.0
             && gate.waiting() == 1
         {
+            joined = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(joined, "the five GETs never were in flight together");
     assert_eq!(
         value(&scrape(&airlock).await, "airlock_fills_in_flight", &[]),
         1.0

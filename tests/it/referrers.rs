@@ -287,3 +287,122 @@ async fn artifacts_that_are_not_images_pull_byte_for_byte() {
         }
     }
 }
+
+/// A cosign-style signature for the tag `sha256-<hex>.sig`: a manifest whose layer is the
+/// simple-signing payload naming `image`'s digest (what it signs is checked in policy tests).
+fn cosign_sig_of(image: &dyn Artifact) -> OciArtifact {
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"org/app"}},"image":{{"docker-manifest-digest":"{}"}},"type":"cosign container image signature"}},"optional":null}}"#,
+        image.digest()
+    );
+    OciArtifact::new(
+        support::image::OCI_CONFIG,
+        br#"{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        payload.as_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preload_brings_signatures_and_sboms_so_they_are_served_with_the_upstream_gone() {
+    let reg = Registry::start().await;
+    let signed = Image::oci("referrers-preload", &[20_000]);
+    let plain = Image::oci("referrers-preload-plain", &[10_000]);
+    let sig = cosign_sig_of(&signed);
+    let sbom = sbom_of(&signed, "preload");
+    push::push(&reg.url(), "org/app", &["v1"], &signed).await;
+    push::push(&reg.url(), "org/plain", &["v1"], &plain).await;
+    push::push(&reg.url(), "org/app", &[], &sbom).await;
+    let index = referrers_index(&[&sbom]);
+    push::push_manifest(
+        &push::client(),
+        &reg.url(),
+        "org/app",
+        &schema_tag(&signed.digest),
+        OCI_INDEX,
+        index,
+    )
+    .await;
+    push::push(
+        &reg.url(),
+        "org/app",
+        &[&format!("{}.sig", schema_tag(&signed.digest)) as &str],
+        &sig,
+    )
+    .await;
+    // And one signed the same way, preloaded without its signatures.
+    let other = Image::oci("referrers-preload-other", &[10_000]);
+    let other_sig = cosign_sig_of(&other);
+    push::push(&reg.url(), "org/other", &["v1"], &other).await;
+    let other_tag = format!("{}.sig", schema_tag(&other.digest));
+    push::push(&reg.url(), "org/other", &[&other_tag as &str], &other_sig).await;
+
+    let toml = format!(
+        "[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\n",
+        reg.url()
+    );
+    let daemon = support::daemon::Daemon::start(&toml, &[]).await;
+    let out = daemon.cli(&["preload", "org/app:v1", "org/plain:v1"]).await;
+    let report = support::daemon::text(&out);
+    assert!(out.status.success(), "{report}");
+    let line = |name: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    // IMAGE PLATFORM SIGNED ATTEST SBOM OFFLINE
+    assert_eq!(line("docker.io/org/app:v1")[2..6], ["1", "-", "1", "ready"]);
+    assert_eq!(
+        line("docker.io/org/plain:v1")[2..6],
+        ["-", "-", "-", "ready"]
+    );
+    let before = reg.count_requests("", &other_tag, &[]).await;
+    let out = daemon
+        .cli(&["preload", "--no-signatures", "org/other:v1"])
+        .await;
+    assert!(out.status.success(), "{}", support::daemon::text(&out));
+    assert_eq!(
+        reg.count_requests("", &other_tag, &[]).await,
+        before,
+        "--no-signatures asked for no signature"
+    );
+
+    reg.stop().await;
+    let get = |path: String| {
+        let url = format!("{}{path}", daemon.url());
+        async move {
+            let r = client()
+                .get(url)
+                .header("accept", support::image::ACCEPT_ALL)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.headers().clone(),
+                r.bytes().await.unwrap(),
+            )
+        }
+    };
+    let (status, h, body) = get(format!("/v2/org/app/referrers/{}", signed.digest)).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(listed(&h, &body), [sbom.digest.as_str()]);
+    let (status, _, body) = get(format!(
+        "/v2/org/app/manifests/{}.sig",
+        schema_tag(&signed.digest)
+    ))
+    .await;
+    assert_eq!((status, body), (200, sig.manifest.clone()));
+    for a in [&sig, &sbom] {
+        for (digest, data) in a.blobs() {
+            let (status, _, body) = get(format!("/v2/org/app/blobs/{digest}")).await;
+            assert_eq!((status, body), (200, data), "{digest}");
+        }
+    }
+    let (status, _, _) = get(format!("/v2/org/other/manifests/{other_tag}")).await;
+    assert_ne!(status, 200, "not preloaded, not cached");
+}
