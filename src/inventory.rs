@@ -5,7 +5,7 @@
 
 mod attached;
 
-pub use attached::{Attachments, attached};
+pub use attached::{Attachments, attached, attachments};
 
 use crate::error::{Error, Result};
 use crate::oci::{Digest, ImageRef, Platform, Reference, Registry, Repository, Tag, children};

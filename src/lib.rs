@@ -24,5 +24,6 @@ pub mod ops;
 pub mod pattern;
 pub mod preload;
 pub mod progress;
+pub mod referrers;
 pub mod store;
 pub mod upstream;

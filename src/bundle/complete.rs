@@ -76,6 +76,17 @@ pub struct Image {
     blobs: Vec<(Digest, Option<String>, u64)>,
 }
 
+impl Image {
+    /// Repository, digest and media type of its top-level manifest.
+    pub fn top(&self) -> (crate::oci::Repository, Digest, String) {
+        (
+            self.reference.repo.clone(),
+            self.digest.clone(),
+            self.media_type.clone(),
+        )
+    }
+}
+
 /// Check that the image `descriptor` names is complete.
 pub fn check(content: &Content<'_>, descriptor: &LayoutDescriptor) -> Result<Image> {
     let reference = descriptor.reference()?;

@@ -87,6 +87,14 @@ fn import_inner(
     for image in &images {
         complete::record(index, image, progress)?;
     }
+    // Signatures and SBOMs came as manifests with a `subject`: list them as its referrers.
+    let with_subjects: Vec<_> = images.iter().map(Image::top).collect();
+    let referrers = crate::referrers::index_subjects(store, index, &with_subjects)?;
+    if referrers > 0 {
+        progress.note(format!(
+            "{referrers} referrers (signatures, SBOMs, …) listed"
+        ));
+    }
     index.flush()?;
     Ok(ImportReport {
         images: images.iter().map(|i| i.reference.to_string()).collect(),

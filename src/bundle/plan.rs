@@ -1,5 +1,6 @@
 //! Planning an export: the selection resolved to manifests through the index, each image's
-//! closure from the inventory, the blobs of a previous bundle left out.
+//! closure from the inventory, and what is attached to each (signatures, attestations,
+//! SBOMs: cosign's tags and the referrers), the blobs of a previous bundle left out.
 
 use super::layout::{declared_media_type, is_manifest_type};
 use super::{ExportImage, ExportPlan, Selection};
@@ -35,10 +36,32 @@ pub fn plan(
         let mut own = BTreeMap::new();
         match image(store, index, &wanted.reference, &mut own, &mut notes) {
             Ok(entry) => {
+                let subjects: Vec<Digest> = std::iter::once(entry.digest.clone())
+                    .chain(entry.platforms.iter().cloned())
+                    .collect();
                 entries.push(entry);
                 // extend, not append: BTreeMap::append rebuilds the whole map each time,
                 // which made planning quadratic in the number of images.
                 blobs.extend(own);
+                // Its signatures, attestations and SBOMs go with it.
+                let repo = &wanted.reference.repo;
+                for (reference, _) in inventory::attachments(store, index, repo, &subjects)? {
+                    let attached = ImageRef {
+                        repo: repo.clone(),
+                        reference,
+                    };
+                    if !seen.insert(attached.to_string()) {
+                        continue;
+                    }
+                    let mut own = BTreeMap::new();
+                    match image(store, index, &attached, &mut own, &mut notes) {
+                        Ok(entry) => {
+                            entries.push(entry);
+                            blobs.extend(own);
+                        }
+                        Err(e) => notes.push(format!("{attached} left out: {e}")),
+                    }
+                }
             }
             Err(e) if !wanted.explicit => notes.push(format!("{name} left out: {e}")),
             Err(e) => return Err(e),

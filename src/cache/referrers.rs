@@ -7,16 +7,11 @@
 
 use super::{Cache, Outcome};
 use crate::error::{Error, Result};
-use crate::oci::manifest::{MAX_MANIFEST_BYTES, OCI_INDEX};
+use crate::oci::manifest::OCI_INDEX;
 use crate::oci::referrers::{self, Referrer};
 use crate::oci::{Digest, Reference, Repository, Tag};
-use crate::store::{BlobInfo, CommitError, ReferrersRecord, now_ms};
-use std::io::Read;
+use crate::store::now_ms;
 use std::sync::Arc;
-
-/// A stored answer larger than this is not read back (the upstream's pages and the tag
-/// schema's index are bounded well below it).
-const MAX_ANSWER_BYTES: u64 = 8 * MAX_MANIFEST_BYTES as u64;
 
 /// The referrers of one subject, and when the upstream last gave them.
 #[derive(Clone)]
@@ -51,12 +46,17 @@ impl Cache {
         let known = self.known_referrers(repo, subject).await?;
         let entry = match self.upstream(repo) {
             Ok(e) => e,
-            // Offline: what this cache holds is the whole answer, perhaps none.
-            Err(e) if e.allows_stale() => {
-                let list = known.map(|k| k.list).unwrap_or_default();
-                return Ok((list, Outcome::Hit));
+            // Offline, or no upstream for this registry: what this cache holds is the whole
+            // answer, perhaps none; a subject it does not hold either says why.
+            Err(e) => {
+                return match known {
+                    Some(k) => Ok((k.list, Outcome::Hit)),
+                    None if e.allows_stale() || self.inner.index.is_linked(repo, subject)? => {
+                        Ok((Arc::default(), Outcome::Hit))
+                    }
+                    None => Err(e),
+                };
             }
-            Err(e) => return Err(e),
         };
         if let Some(k) = &known
             && (now_ms().saturating_sub(k.fetched_at_ms) as u128) < entry.tag_ttl.as_millis()
@@ -111,28 +111,18 @@ impl Cache {
         if let Some(k) = self.inner.hot.referrers.get(&key).await {
             return Ok(Some(k));
         }
-        let Some(rec) = self.inner.index.referrers(repo, subject)? else {
-            return Ok(None);
-        };
-        let store = self.inner.store.clone();
-        let digest = rec.digest.clone();
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<u8>>> {
-            let Some(file) = store.open(&digest)? else {
-                return Ok(None);
-            };
-            let mut buf = Vec::new();
-            file.take(MAX_ANSWER_BYTES).read_to_end(&mut buf)?;
-            Ok(Some(buf))
+        let (store, index) = (self.inner.store.clone(), self.inner.index.clone());
+        let (r, d) = key.clone();
+        let Some((fetched_at_ms, list)) = tokio::task::spawn_blocking(move || {
+            crate::referrers::load(store.as_ref(), index.as_ref(), &r, &d)
         })
         .await
-        .map_err(Error::internal)?
-        .map_err(Error::internal)?;
-        // Deleted (gc) or unreadable: as if never asked.
-        let Some(list) = read.and_then(|b| referrers::parse(&b).ok()) else {
+        .map_err(Error::internal)??
+        else {
             return Ok(None);
         };
         let known = Known {
-            fetched_at_ms: rec.fetched_at_ms,
+            fetched_at_ms,
             list: Arc::new(list),
         };
         self.inner.hot.referrers.insert(key, known.clone()).await;
@@ -173,54 +163,23 @@ impl Cache {
             fetched_at_ms: now_ms(),
             list: Arc::new(list),
         };
-        self.store_referrers(repo, subject, &known).await?;
+        let (store, index) = (self.inner.store.clone(), self.inner.index.clone());
+        let (r, d, list, at) = (
+            repo.clone(),
+            subject.clone(),
+            known.list.clone(),
+            known.fetched_at_ms,
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::referrers::save(store.as_ref(), index.as_ref(), &r, &d, &list, at)
+        })
+        .await
+        .map_err(Error::internal)??;
         self.inner
             .hot
             .referrers
             .insert((repo.clone(), subject.clone()), known.clone())
             .await;
         Ok(known.list)
-    }
-
-    /// Store an answer as an image index (content-addressed, linked to no repository, so
-    /// it is never served as a manifest) and record it for `subject`.
-    async fn store_referrers(
-        &self,
-        repo: &Repository,
-        subject: &Digest,
-        known: &Known,
-    ) -> Result<()> {
-        let bytes = referrers::encode(&known.list.iter().collect::<Vec<_>>());
-        let digest = Digest::of(&bytes);
-        let size = bytes.len() as u64;
-        let (store, d) = (self.inner.store.clone(), digest.clone());
-        match tokio::task::spawn_blocking(move || store.put(&d, &bytes))
-            .await
-            .map_err(Error::internal)?
-        {
-            Ok(()) => {}
-            Err(CommitError::Mismatch { .. }) => unreachable!("digest computed from these bytes"),
-            Err(CommitError::Io(e)) => {
-                return Err(Error::internal(format!(
-                    "storing the referrers of {subject}: {e}"
-                )));
-            }
-        }
-        let index = &self.inner.index;
-        index.set_blob_info(
-            &digest,
-            &BlobInfo {
-                size,
-                media_type: Some(OCI_INDEX.into()),
-            },
-        )?;
-        index.set_referrers(
-            repo,
-            subject,
-            &ReferrersRecord {
-                digest,
-                fetched_at_ms: known.fetched_at_ms,
-            },
-        )
     }
 }

@@ -5,7 +5,7 @@
 use super::read_manifest;
 use crate::error::Result;
 use crate::oci::referrers::{self, Attached, COSIGN_TAGS};
-use crate::oci::{Digest, Repository, children};
+use crate::oci::{Digest, Reference, Repository, Tag, children};
 use crate::store::{BlobStore, Index};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -40,29 +40,40 @@ pub fn attached(
     subjects: &[Digest],
 ) -> Result<Attachments> {
     let mut out = Attachments::default();
+    for (_, kind) in attachments(store, index, repo, subjects)? {
+        out.count(kind);
+    }
+    Ok(out)
+}
+
+/// Everything attached in `repo` to any of `subjects` that would pull offline, each once:
+/// cosign's tags by tag, the referrers by digest, with what each is.
+pub fn attachments(
+    store: &dyn BlobStore,
+    index: &dyn Index,
+    repo: &Repository,
+    subjects: &[Digest],
+) -> Result<Vec<(Reference, Attached)>> {
+    let mut out = Vec::new();
     let mut seen: HashSet<Digest> = HashSet::new();
     for subject in subjects {
         for (suffix, kind) in COSIGN_TAGS {
-            let tag = referrers::cosign_tag(subject, suffix).parse()?;
+            let tag: Tag = referrers::cosign_tag(subject, suffix).parse()?;
             if let Some(rec) = index.tag(repo, &tag)?
                 && seen.insert(rec.digest.clone())
                 && pullable(store, index, repo, &rec.digest)?
             {
-                out.count(kind);
+                out.push((Reference::Tag(tag), kind));
             }
         }
-        let Some(rec) = index.referrers(repo, subject)? else {
-            continue;
-        };
-        let Some(list) = read_manifest(store, &rec.digest)?.and_then(|b| referrers::parse(&b).ok())
-        else {
+        let Some((_, list)) = crate::referrers::load(store, index, repo, subject)? else {
             continue;
         };
         for r in list {
             if seen.insert(r.digest.clone()) && pullable(store, index, repo, &r.digest)? {
-                out.count(Attached::of_artifact_type(
-                    r.artifact_type.as_deref().unwrap_or_default(),
-                ));
+                let kind =
+                    Attached::of_artifact_type(r.artifact_type.as_deref().unwrap_or_default());
+                out.push((Reference::Digest(r.digest), kind));
             }
         }
     }

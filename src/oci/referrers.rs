@@ -117,6 +117,51 @@ pub fn schema_tag(subject: &Digest) -> String {
     format!("{}-{}", subject.algorithm(), subject.hex())
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WithSubject {
+    subject: Option<RawSubject>,
+    #[serde(default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    config: Option<RawConfig>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct RawSubject {
+    digest: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    media_type: Option<String>,
+}
+
+/// The subject a manifest refers to and its descriptor as a referrer (what a registry with
+/// the referrers API lists for it: its `artifactType`, else its config's media type, and its
+/// annotations). `None` for a manifest without a `subject`.
+pub fn of_manifest(bytes: &[u8], media_type: &str) -> Option<(Digest, Referrer)> {
+    let m: WithSubject = serde_json::from_slice(bytes).ok()?;
+    let subject = m.subject?.digest.parse().ok()?;
+    let artifact_type = m
+        .artifact_type
+        .filter(|t| !t.is_empty())
+        .or_else(|| m.config.and_then(|c| c.media_type));
+    Some((
+        subject,
+        Referrer {
+            media_type: media_type.to_string(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            artifact_type,
+            annotations: m.annotations,
+        },
+    ))
+}
+
 /// What an artifact attached to an image is for, as `cache ls` and the readiness report count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attached {
@@ -280,6 +325,34 @@ mod tests {
             format!("sha256-{}.sig", "a".repeat(64))
         );
     }
+
+    #[test]
+    fn a_manifest_with_a_subject_is_its_referrer() {
+        let subject = d('a');
+        let with = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{s}","size":2}},"layers":[],"subject":{{"mediaType":"x","digest":"{subject}","size":1}},"annotations":{{"k":"v"}}}}"#,
+            s = d('b')
+        );
+        let (got, r) = of_manifest(with.as_bytes(), OCI_MANIFEST_TYPE).unwrap();
+        assert_eq!(got.to_string(), subject);
+        assert_eq!(r.digest, Digest::of(with.as_bytes()));
+        assert_eq!(r.size, with.len() as u64);
+        assert_eq!(
+            r.artifact_type.as_deref(),
+            Some("application/vnd.oci.empty.v1+json")
+        );
+        assert_eq!(r.annotations.unwrap()["k"], "v");
+        let typed = with.replace(
+            r#""layers":[]"#,
+            r#""layers":[],"artifactType":"application/spdx+json""#,
+        );
+        let (_, r) = of_manifest(typed.as_bytes(), OCI_MANIFEST_TYPE).unwrap();
+        assert_eq!(r.artifact_type.as_deref(), Some("application/spdx+json"));
+        assert!(of_manifest(br#"{"schemaVersion":2,"layers":[]}"#, OCI_MANIFEST_TYPE).is_none());
+        assert!(of_manifest(b"not json", OCI_MANIFEST_TYPE).is_none());
+    }
+
+    const OCI_MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
     #[test]
     fn the_schema_tag_is_the_algorithm_and_hex() {

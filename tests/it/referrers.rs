@@ -406,3 +406,105 @@ async fn preload_brings_signatures_and_sboms_so_they_are_served_with_the_upstrea
     let (status, _, _) = get(format!("/v2/org/other/manifests/{other_tag}")).await;
     assert_ne!(status, 200, "not preloaded, not cached");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundles_carry_signatures_and_sboms_to_a_site_without_an_upstream() {
+    let reg = Registry::start().await;
+    let app = Image::oci("referrers-bundle", &[40_000]);
+    let sig = cosign_sig_of(&app);
+    let sig_tag = format!("{}.sig", schema_tag(&app.digest));
+    push::push(&reg.url(), "org/app", &["v1"], &app).await;
+    push::push(&reg.url(), "org/app", &[&sig_tag as &str], &sig).await;
+    // Every preload asks again (tag TTL 0, nothing remembered as unknown), as a later
+    // week's would.
+    let toml = format!(
+        "[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\ntag_ttl = \"0s\"\n\n[cache]\nnegative_ttl = \"0s\"\n",
+        reg.url()
+    );
+    let site = support::daemon::Daemon::start(&toml, &[]).await;
+    let cli = |args: Vec<String>| {
+        let site = &site;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = site.cli(&args).await;
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                support::daemon::text(&out)
+            );
+            support::daemon::text(&out)
+        }
+    };
+    let dir = site.dir.path();
+    let (week1, week2) = (dir.join("week1.tar"), dir.join("week2.tar"));
+    let (week1, week2) = (week1.to_str().unwrap(), week2.to_str().unwrap());
+    cli(vec!["preload".into(), "org/app:v1".into()]).await;
+    cli(vec![
+        "export".into(),
+        "org/app:v1".into(),
+        "-o".into(),
+        week1.into(),
+    ])
+    .await;
+
+    // Later an SBOM is attached upstream; the next week's bundle carries only what is new.
+    let sbom = sbom_of(&app, "bundle");
+    push::push(&reg.url(), "org/app", &[], &sbom).await;
+    push::push_manifest(
+        &push::client(),
+        &reg.url(),
+        "org/app",
+        &schema_tag(&app.digest),
+        OCI_INDEX,
+        referrers_index(&[&sbom]),
+    )
+    .await;
+    cli(vec!["preload".into(), "org/app:v1".into()]).await;
+    let since = vec!["export", "org/app:v1", "--since", week1, "-o", week2];
+    cli(since.into_iter().map(String::from).collect()).await;
+    let layer = &app.layers[0];
+    let week2_bytes = std::fs::read(week2).unwrap();
+    assert!(
+        !week2_bytes
+            .windows(layer.data.len().min(4096))
+            .any(|w| w == &layer.data[..w.len()]),
+        "the image's layer is in week 1's bundle, not week 2's"
+    );
+
+    let far = support::daemon::Daemon::start_with_top("upstream = []", "", &[]).await;
+    for bundle in [week1, week2] {
+        let out = far.cli(&["import", bundle]).await;
+        assert!(out.status.success(), "{}", support::daemon::text(&out));
+    }
+    let get = |path: String| {
+        let url = format!("{}{path}", far.url());
+        async move {
+            let r = client()
+                .get(url)
+                .header("accept", support::image::ACCEPT_ALL)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.headers().clone(),
+                r.bytes().await.unwrap(),
+            )
+        }
+    };
+    let (status, h, body) = get(format!("/v2/org/app/referrers/{}", app.digest)).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(listed(&h, &body), [sbom.digest.as_str()]);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["manifests"][0]["artifactType"], SPDX);
+    let (status, _, body) = get(format!("/v2/org/app/manifests/{sig_tag}")).await;
+    assert_eq!((status, body), (200, sig.manifest.clone()));
+    let (status, _, body) = get(format!("/v2/org/app/manifests/{}", sbom.digest)).await;
+    assert_eq!((status, body), (200, sbom.manifest.clone()));
+    for a in [&sig, &sbom] {
+        for (digest, data) in a.blobs() {
+            let (status, _, body) = get(format!("/v2/org/app/blobs/{digest}")).await;
+            assert_eq!((status, body), (200, data), "{digest}");
+        }
+    }
+}
