@@ -259,6 +259,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         router: Router::new(default.clone(), aliases(&config)?),
         auth: auth.clone(),
         tls: tls.is_some(),
+        signatures: security::signatures(&config, cache.metrics().clone())?,
     });
     let admin = admin_api(&cache, &token, default, &config);
     let mut tasks = vec![

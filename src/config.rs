@@ -8,7 +8,7 @@ mod limits;
 mod size;
 mod upstream;
 
-pub use access::{AccessRule, AuthConfig, FetchConfig, JwtConfig};
+pub use access::{AccessRule, AuthConfig, FetchConfig, JwtConfig, SignatureMode, SignatureRule};
 pub use limits::ConnectionLimits;
 pub use size::ByteSize;
 pub use upstream::UpstreamConfig;
@@ -56,6 +56,9 @@ pub struct Config {
     /// What may enter the cache from upstream.
     #[serde(default)]
     pub fetch: FetchConfig,
+    /// Signature rules, in order: which images must be signed, by whom.
+    #[serde(default)]
+    pub signatures: Vec<SignatureRule>,
 }
 
 /// `[server]`
@@ -258,6 +261,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             access: Vec::new(),
             fetch: FetchConfig::default(),
+            signatures: Vec::new(),
         }
     }
 }

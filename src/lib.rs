@@ -25,5 +25,6 @@ pub mod pattern;
 pub mod preload;
 pub mod progress;
 pub mod referrers;
+pub mod signatures;
 pub mod store;
 pub mod upstream;

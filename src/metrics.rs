@@ -80,6 +80,8 @@ pub struct Metrics {
     pub imports: IntCounterVec,
     /// Requests refused by authentication, access rules or the fetch policy, by reason.
     pub auth_denials: IntCounterVec,
+    /// Signature policy checks of runnable manifests, by result and the rule's mode.
+    pub signature_checks: IntCounterVec,
     /// What every request records, resolved once.
     served: Served,
 }
@@ -264,6 +266,11 @@ impl Metrics {
                 "Requests refused: no_credentials, bad_credentials, bad_token, throttled (logins), rule (an access rule), fetch_policy.",
                 &["reason"],
             ),
+            signature_checks: counter(
+                "airlock_signature_checks_total",
+                "Manifests a [[signatures]] rule covers, by result (verified, missing: no signature, refused: none that counts) and mode (enforce, warn).",
+                &["result", "mode"],
+            ),
             served: Served::default(),
         };
         m.cache_max.set(max_size.unwrap_or(0) as i64);
@@ -315,6 +322,7 @@ impl Metrics {
             Box::new(self.requests_in_flight.clone()),
             Box::new(self.request_seconds.clone()),
             Box::new(self.cache_results.clone()),
+            Box::new(self.signature_checks.clone()),
             Box::new(self.served_bytes.clone()),
             Box::new(self.upstream_requests.clone()),
             Box::new(self.upstream_seconds.clone()),

@@ -32,6 +32,8 @@ pub struct State {
     pub auth: Arc<Auth>,
     /// Whether the listener serves TLS (for the scheme of the token realm).
     pub tls: bool,
+    /// Which images must be signed, by whom.
+    pub signatures: Arc<crate::signatures::Policy>,
 }
 
 /// What the log, the metrics and an authentication challenge need to know about a request.
@@ -257,6 +259,9 @@ impl State {
             .collect();
         let answer = self.cache.manifest(repo, reference, &accept).await?;
         let m = answer.manifest;
+        if !self.signatures.is_empty() {
+            self.signatures.gate(&self.cache, repo, &m).await?;
+        }
         let len = m.bytes.len();
         let mut r = Response::new(if head {
             body::empty()

@@ -22,6 +22,7 @@ pub fn check(config: &Config) -> Result<(), String> {
     let registries = Registries::from_config(config);
     let rules = Rules::new(&config.access, auth.enabled(), &registries)?;
     FetchPolicy::new(&config.fetch, &registries)?;
+    crate::signatures::validate(&config.signatures, &registries)?;
     if let Some(p) = &auth.htpasswd {
         HtpasswdFile::load(p).map_err(|e| format!("auth.htpasswd: {e}"))?;
     }
@@ -87,6 +88,23 @@ pub fn auth(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Auth>>
 /// The fetch policy (after [`check`]).
 pub fn fetch_policy(config: &Config) -> anyhow::Result<FetchPolicy> {
     FetchPolicy::new(&config.fetch, &Registries::from_config(config)).map_err(anyhow::Error::msg)
+}
+
+/// The signature policy (after [`check`]).
+pub fn signatures(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<crate::signatures::Policy>> {
+    let policy = crate::signatures::Policy::new(
+        &config.signatures,
+        &Registries::from_config(config),
+        metrics,
+    )
+    .map_err(anyhow::Error::msg)?;
+    if !policy.is_empty() {
+        tracing::info!(rules = config.signatures.len(), "signature policy is on");
+    }
+    Ok(Arc::new(policy))
 }
 
 /// Reload the htpasswd file when it changes (looked at every [`RELOAD_EVERY`]) or on SIGHUP,

@@ -113,3 +113,32 @@ pub struct FetchConfig {
     /// Blobs larger than this are never fetched.
     pub max_blob_size: Option<ByteSize>,
 }
+
+/// `[[signatures]]`: one signature rule. Rules are tried in order; the first whose
+/// `repositories` match the full `registry/repository` name decides for its manifests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureRule {
+    /// Named in refusals and logs. Default: `signatures[N]`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Globs over `registry/repository` (`ghcr.io/org/**`, `docker.io/library/*`).
+    pub repositories: Vec<String>,
+    /// Trusted cosign public keys: PEM files (`cosign.pub`, ECDSA P-256).
+    pub keys: Vec<std::path::PathBuf>,
+    /// `enforce`: an image without a signature under one of the keys is refused (403
+    /// DENIED). `warn`: it is served, logged and counted.
+    #[serde(default)]
+    pub mode: SignatureMode,
+}
+
+/// What a signature rule does with an image it cannot verify.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureMode {
+    /// Refuse it.
+    #[default]
+    Enforce,
+    /// Serve it, and say so.
+    Warn,
+}

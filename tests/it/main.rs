@@ -36,4 +36,5 @@ mod pull;
 mod redirects;
 mod referrers;
 mod routing;
+mod signatures;
 mod tls;

@@ -25,6 +25,7 @@ pub mod accesslog;
 pub mod airlock;
 pub mod artifact;
 pub mod certs;
+pub mod cosign;
 pub mod daemon;
 pub mod faulty;
 pub mod image;

