@@ -197,9 +197,15 @@ impl Gauges {
 }
 
 /// The admin API over `cache`.
-fn admin_api(cache: &Cache, token: &str, default: Registry, config: &Config) -> Arc<Admin> {
+fn admin_api(
+    cache: &Cache,
+    token: &str,
+    default: Registry,
+    config: &Config,
+    signatures: Arc<crate::signatures::Policy>,
+) -> Arc<Admin> {
     Arc::new(Admin {
-        ops: Operations::new(cache.clone(), cap(config)),
+        ops: Operations::new(cache.clone(), cap(config), signatures),
         token: token.to_string(),
         default_registry: default,
     })
@@ -254,14 +260,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.server.shutdown_timeout;
+    let signatures = security::signatures(&config, cache.metrics().clone())?;
     let state = Arc::new(State {
         cache: cache.clone(),
         router: Router::new(default.clone(), aliases(&config)?),
         auth: auth.clone(),
         tls: tls.is_some(),
-        signatures: security::signatures(&config, cache.metrics().clone())?,
+        signatures: signatures.clone(),
     });
-    let admin = admin_api(&cache, &token, default, &config);
+    let admin = admin_api(&cache, &token, default, &config, signatures);
     let mut tasks = vec![
         tokio::spawn(server::serve(
             listener,
@@ -318,7 +325,8 @@ pub async fn start_embedded(config: Config) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
     let token = advert::token()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin = admin_api(&cache, &token, default, &config);
+    let signatures = security::signatures(&config, cache.metrics().clone())?;
+    let admin = admin_api(&cache, &token, default, &config, signatures);
     let grace = config.server.shutdown_timeout;
     let tasks = vec![
         tokio::spawn(server::serve(

@@ -91,6 +91,12 @@ enum Command {
         /// The archive.
         bundle: PathBuf,
     },
+    /// Check images against the [[signatures]] policy without serving them: which rule
+    /// covers each, and whether a trusted key signed it (exit 1 when one is not verified).
+    VerifySignatures {
+        /// Image references (default: every tagged image in the cache).
+        images: Vec<String>,
+    },
     /// Look after the cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -206,6 +212,7 @@ async fn cache_command(session: &Session, command: Command) -> anyhow::Result<bo
             platform,
             no_signatures,
         } => ops::preload(session, ops::references(&images)?, platform, !no_signatures).await,
+        Command::VerifySignatures { images } => ops::verify_signatures(session, images).await,
         Command::Export {
             images,
             all,

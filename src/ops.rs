@@ -40,6 +40,9 @@ pub struct ImageSummary {
     pub fetched_at_ms: u64,
     /// Whether a pin protects it.
     pub pinned: bool,
+    /// Its signatures, attestations and SBOMs that are cached.
+    #[serde(default)]
+    pub attached: inventory::Attachments,
 }
 
 impl From<&inventory::Image> for ImageSummary {
@@ -60,8 +63,23 @@ impl From<&inventory::Image> for ImageSummary {
             last_access_ms: i.last_access_ms,
             fetched_at_ms: i.fetched_at_ms,
             pinned: i.pinned,
+            attached: inventory::Attachments::default(),
         }
     }
+}
+
+/// What the signature policy says of one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignatureReport {
+    /// The reference, in full (or as given, when it does not parse).
+    pub image: String,
+    /// Its manifest, when it could be resolved.
+    pub digest: Option<String>,
+    /// The rule, mode and verdict.
+    #[serde(flatten)]
+    pub check: Option<crate::signatures::Check>,
+    /// Why it could not be checked.
+    pub error: Option<String>,
 }
 
 /// What a pin or unpin did.
@@ -81,6 +99,7 @@ pub struct Operations {
     cache: Cache,
     cap: Option<Cap>,
     verifying: Arc<AtomicBool>,
+    signatures: Arc<crate::signatures::Policy>,
 }
 
 /// Held while a verify runs: one at a time, since it reads the whole store.
@@ -93,9 +112,15 @@ impl Drop for VerifyTurn {
 }
 
 impl Operations {
-    /// Operations on `cache`, evicting down to `cap` (if any) after what adds content.
-    pub fn new(cache: Cache, cap: Option<Cap>) -> Operations {
+    /// Operations on `cache`, evicting down to `cap` (if any) after what adds content, checking
+    /// signatures against `signatures`.
+    pub fn new(
+        cache: Cache,
+        cap: Option<Cap>,
+        signatures: Arc<crate::signatures::Policy>,
+    ) -> Operations {
         Operations {
+            signatures,
             cache,
             cap,
             verifying: Arc::default(),
@@ -111,10 +136,73 @@ impl Operations {
         inventory::each_image(store.as_ref(), index.as_ref(), |image| {
             out.write_all(if first { b"\n" } else { b",\n" })?;
             first = false;
-            serde_json::to_writer(&mut *out, &ImageSummary::from(&image)).map_err(Error::internal)
+            let mut summary = ImageSummary::from(&image);
+            let subjects: Vec<Digest> = std::iter::once(image.digest.clone())
+                .chain(image.closure.platforms.iter().map(|p| p.manifest.clone()))
+                .collect();
+            summary.attached = inventory::attached(
+                store.as_ref(),
+                index.as_ref(),
+                &image.reference.repo,
+                &subjects,
+            )?;
+            serde_json::to_writer(&mut *out, &summary).map_err(Error::internal)
         })?;
         out.write_all(b"\n]\n")?;
         Ok(())
+    }
+
+    /// What the signature policy says of each of `images` (every tagged image of the cache
+    /// when empty, signatures' own tags aside), fetching what is missing as a pull would
+    /// but serving nothing.
+    pub async fn verify_signatures(
+        &self,
+        default: &Registry,
+        images: &[String],
+    ) -> Result<Vec<SignatureReport>> {
+        let names: Vec<String> = if images.is_empty() {
+            let index = self.cache.index().clone();
+            blocking(move || index.all_tags())
+                .await?
+                .into_iter()
+                .filter(|(_, t, _)| crate::fetch_policy::signed_digest(t.as_str()).is_none())
+                .map(|(repo, tag, _)| format!("{repo}:{tag}"))
+                .collect()
+        } else {
+            images.to_vec()
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let mut report = SignatureReport {
+                image: name.clone(),
+                digest: None,
+                check: None,
+                error: None,
+            };
+            match ImageRef::parse(&name, default) {
+                Err(e) => report.error = Some(e.to_string()),
+                Ok(r) => {
+                    report.image = r.to_string();
+                    match self
+                        .cache
+                        .manifest(&r.repo, &r.reference, &[crate::oci::manifest::ACCEPT_ALL])
+                        .await
+                    {
+                        Err(e) => report.error = Some(e.to_string()),
+                        Ok(answer) => {
+                            report.digest = Some(answer.manifest.digest.to_string());
+                            let check = self
+                                .signatures
+                                .check(&self.cache, &r.repo, &answer.manifest)
+                                .await;
+                            report.check = Some(check);
+                        }
+                    }
+                }
+            }
+            out.push(report);
+        }
+        Ok(out)
     }
 
     /// What the store holds.

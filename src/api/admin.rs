@@ -1,5 +1,6 @@
 //! The admin API, on its own local listener: `/healthz`, `/readyz`, and under `/admin/` the
-//! cache operations the CLI drives (preload, import, export, ls, pin, rm, gc, verify), which
+//! cache operations the CLI drives (preload, import, export, ls, pin, rm, gc, verify,
+//! verify-signatures), which
 //! need the token airlock writes to `<data>/admin.token` at start. Long operations answer
 //! with a stream of JSON lines (progress events, then a report).
 
@@ -123,6 +124,13 @@ impl Admin {
             },
             (&Method::GET, "/admin/usage") => Ok(json(&ops.usage().await?)),
             (&Method::POST, "/admin/verify") => self.verify(),
+            (&Method::POST, "/admin/verify-signatures") => {
+                let body: ImagesArg = read_json(req).await?;
+                Ok(json(
+                    &ops.verify_signatures(&self.default_registry, &body.images)
+                        .await?,
+                ))
+            }
             (&Method::POST, "/admin/export") => self.export(read_json(req).await?).await,
             (&Method::POST, "/admin/import") => Ok(self.import(req)),
             _ => Err(Error::Unsupported(format!(
@@ -219,6 +227,12 @@ fn plan_header(plan: &bundle::ExportPlan) -> serde_json::Value {
 #[derive(serde::Deserialize)]
 struct ImageArg {
     image: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ImagesArg {
+    #[serde(default)]
+    images: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]

@@ -241,8 +241,8 @@ pub async fn list(session: &Session, as_json: bool) -> anyhow::Result<bool> {
         return Ok(true);
     }
     println!(
-        "{:<60} {:<28} {:>10} {:<14} PINNED",
-        "IMAGE", "PLATFORMS", "SIZE", "LAST PULLED"
+        "{:<60} {:<28} {:>10} {:<14} {:<6} {:<5} PINNED",
+        "IMAGE", "PLATFORMS", "SIZE", "LAST PULLED", "SIGNED", "SBOM"
     );
     for i in &images {
         let platforms: Vec<&str> = i["platforms"]
@@ -250,8 +250,9 @@ pub async fn list(session: &Session, as_json: bool) -> anyhow::Result<bool> {
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let last = i["last_access_ms"].as_u64().or(i["fetched_at_ms"].as_u64());
+        let attached = |k: &str| count(i["attached"][k].as_u64().unwrap_or(0) as usize);
         println!(
-            "{:<60} {:<28} {:>10} {:<14} {}",
+            "{:<60} {:<28} {:>10} {:<14} {:<6} {:<5} {}",
             i["image"].as_str().unwrap_or("?"),
             if platforms.is_empty() {
                 "incomplete".to_string()
@@ -260,6 +261,8 @@ pub async fn list(session: &Session, as_json: bool) -> anyhow::Result<bool> {
             },
             ByteSize(i["size"].as_u64().unwrap_or(0)).to_string(),
             last.map_or("-".to_string(), ago),
+            attached("signatures"),
+            attached("sboms"),
             if i["pinned"].as_bool().unwrap_or(false) {
                 "yes"
             } else {
@@ -276,6 +279,38 @@ pub async fn list(session: &Session, as_json: bool) -> anyhow::Result<bool> {
         );
     }
     Ok(true)
+}
+
+/// `airlock verify-signatures [IMAGE…]`: the policy's verdict for each image.
+pub async fn verify_signatures(session: &Session, images: Vec<String>) -> anyhow::Result<bool> {
+    let reports: Vec<Value> = session
+        .post("/admin/verify-signatures", &json!({ "images": images }))
+        .await?;
+    println!("{:<60} {:<16} {:<8} VERDICT", "IMAGE", "RULE", "MODE");
+    let mut ok = true;
+    for r in &reports {
+        let field = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let verdict = match (r["error"].as_str(), r["verdict"].as_str()) {
+            (Some(e), _) => {
+                ok = false;
+                format!("NOT CHECKED: {e}")
+            }
+            (None, Some("verified")) => format!("verified ({})", field("by")),
+            (None, Some("not_required")) => "not required".to_string(),
+            (None, Some(v)) => {
+                ok = false;
+                format!("{}: {}", v.to_uppercase(), field("reason"))
+            }
+            (None, None) => "?".to_string(),
+        };
+        println!(
+            "{:<60} {:<16} {:<8} {verdict}",
+            field("image"),
+            field("rule"),
+            field("mode")
+        );
+    }
+    Ok(ok)
 }
 
 /// `airlock cache pin|unpin IMAGE`.

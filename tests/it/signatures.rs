@@ -241,3 +241,79 @@ async fn a_key_that_is_not_a_p256_public_key_is_a_configuration_error() {
         assert!(text.contains("org.keys") && text.contains(why), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_signatures_reports_the_policy_and_cache_ls_shows_what_is_signed() {
+    let reg = Registry::start().await;
+    let key = KeyPair::generate();
+    let signed = Image::oci("sig-cli-signed", &[10_000]);
+    let unsigned = Image::oci("sig-cli-unsigned", &[10_000]);
+    let free = Image::oci("sig-cli-free", &[10_000]);
+    push_signed(
+        &reg,
+        "org/signed",
+        &signed,
+        &cosign::sign(&key, "org/signed", &signed),
+    )
+    .await;
+    push::push(&reg.url(), "org/unsigned", &["v1"], &unsigned).await;
+    push::push(&reg.url(), "other/free", &["v1"], &free).await;
+    let toml = format!(
+        "[[upstream]]\nregistry = \"docker.io\"\nurl = \"{}\"\n\n[[signatures]]\nname = \"org\"\nrepositories = [\"docker.io/org/*\"]\nkeys = [\"{}\"]\n",
+        reg.url(),
+        key.public().display()
+    );
+    let daemon = support::daemon::Daemon::start(&toml, &[]).await;
+    let images = ["org/signed:v1", "org/unsigned:v1", "other/free:v1"];
+    let out = daemon
+        .cli(&[&["verify-signatures"][..], &images].concat())
+        .await;
+    let text = support::daemon::text(&out);
+    assert!(!out.status.success(), "an unsigned image fails it: {text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_string()
+    };
+    let pubkey = key.public().display().to_string();
+    let l = line("docker.io/org/signed:v1");
+    assert!(
+        l.contains("org") && l.contains("enforce") && l.contains(&format!("verified ({pubkey})")),
+        "{l}"
+    );
+    let l = line("docker.io/org/unsigned:v1");
+    assert!(l.contains("MISSING: it has no cosign signature"), "{l}");
+    assert!(line("docker.io/other/free:v1").contains("not required"));
+    let out = daemon.cli(&["verify-signatures", "org/signed:v1"]).await;
+    assert!(out.status.success(), "{}", support::daemon::text(&out));
+
+    let out = daemon
+        .cli(&["preload", "org/signed:v1", "other/free:v1"])
+        .await;
+    assert!(out.status.success(), "{}", support::daemon::text(&out));
+    let out = daemon.cli(&["cache", "ls"]).await;
+    let text = support::daemon::text(&out);
+    // IMAGE PLATFORMS SIZE(2 words) LAST-PULLED(…) SIGNED SBOM PINNED
+    let cols = |name: &str| -> Vec<String> {
+        let l = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        l.split_whitespace()
+            .rev()
+            .take(3)
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        cols("docker.io/org/signed:v1 "),
+        ["yes", "-", "1"],
+        "{text}"
+    );
+    assert_eq!(
+        cols("docker.io/other/free:v1 "),
+        ["yes", "-", "-"],
+        "{text}"
+    );
+}
