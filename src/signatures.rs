@@ -37,6 +37,10 @@ struct Rule {
     patterns: Vec<NamePattern>,
     keys: Vec<Key>,
     mode: SignatureMode,
+    /// Transparency log keys: a log entry a signature carries must verify under one.
+    log_keys: Vec<Key>,
+    /// A signature without a log entry does not count.
+    require_tlog: bool,
 }
 
 /// What the policy says of one manifest.
@@ -138,11 +142,24 @@ fn compile(
             .map(|k| Key::load(k))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| format!("{name}.keys: {e}"))?;
+        let log_keys = r
+            .rekor_keys
+            .iter()
+            .map(|k| Key::load(k))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format!("{name}.rekor_keys: {e}"))?;
+        if r.require_tlog && log_keys.is_empty() {
+            return Err(format!(
+                "{name}: require_tlog needs rekor_keys, the transparency log's public keys, to check entries with"
+            ));
+        }
         out.push(Rule {
             name,
             patterns,
             keys,
             mode: r.mode,
+            log_keys,
+            require_tlog: r.require_tlog,
         });
     }
     Ok(out)
@@ -230,7 +247,7 @@ impl Policy {
         if let Some(v) = self.refused.get(&key).await {
             return v;
         }
-        let verdict = cosign_verdict(cache, repo, &m.digest, &rule.keys).await;
+        let verdict = cosign_verdict(cache, repo, &m.digest, rule).await;
         if let Verdict::Verified { by } = &verdict {
             self.verified.insert(key, by.as_str().into()).await;
             // The index is signed for all its platforms.
@@ -284,12 +301,7 @@ fn runnable(bytes: &[u8]) -> bool {
 }
 
 /// Look for `digest`'s cosign signature in `repo` and check it under `keys`.
-async fn cosign_verdict(
-    cache: &Cache,
-    repo: &Repository,
-    digest: &Digest,
-    keys: &[Key],
-) -> Verdict {
+async fn cosign_verdict(cache: &Cache, repo: &Repository, digest: &Digest, rule: &Rule) -> Verdict {
     let tag = referrers::cosign_tag(digest, ".sig");
     let Ok(parsed) = tag.parse::<Tag>() else {
         return Verdict::Missing {
@@ -329,9 +341,29 @@ async fn cosign_verdict(
                 continue;
             }
         };
-        match cosign::verify(keys, digest, &payload, &layer.signature) {
-            Ok(by) => return Verdict::Verified { by: by.to_string() },
-            Err(e) => why.push(e),
+        let by = match cosign::verify(&rule.keys, digest, &payload, &layer.signature) {
+            Ok(by) => by,
+            Err(e) => {
+                why.push(e);
+                continue;
+            }
+        };
+        match (&layer.bundle, rule.log_keys.is_empty()) {
+            (_, true) => return Verdict::Verified { by: by.to_string() },
+            (None, false) if rule.require_tlog => {
+                why.push("it carries no transparency log entry, and the rule requires one".into());
+            }
+            (None, false) => return Verdict::Verified { by: by.to_string() },
+            (Some(bundle), false) => {
+                match cosign::verify_logged(&rule.log_keys, bundle, &payload, &layer.signature) {
+                    Ok(at) => {
+                        return Verdict::Verified {
+                            by: format!("{by}, logged at {at}"),
+                        };
+                    }
+                    Err(e) => why.push(e),
+                }
+            }
         }
     }
     why.dedup();

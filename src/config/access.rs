@@ -130,6 +130,15 @@ pub struct SignatureRule {
     /// DENIED). `warn`: it is served, logged and counted.
     #[serde(default)]
     pub mode: SignatureMode,
+    /// Public keys of the transparency log (Rekor's, PEM, ECDSA P-256). With any, a
+    /// signature that carries a log entry (cosign's `dev.sigstore.cosign/bundle`) counts only
+    /// when the entry's signed timestamp verifies under one of them and the entry records
+    /// that very signature and payload, checked offline.
+    #[serde(default)]
+    pub rekor_keys: Vec<std::path::PathBuf>,
+    /// With `rekor_keys`: a signature without a log entry does not count either.
+    #[serde(default)]
+    pub require_tlog: bool,
 }
 
 /// What a signature rule does with an image it cannot verify.

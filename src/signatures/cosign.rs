@@ -10,11 +10,14 @@ use crate::oci::Digest;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
 use base64::Engine;
 use serde::Deserialize;
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The annotation holding a layer's signature.
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The annotation holding a layer's transparency log entry (Rekor's signed receipt).
+pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
 /// The media type of the payload layers.
 pub const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// A payload larger than this is not read (cosign's are a few hundred bytes).
@@ -71,6 +74,8 @@ pub struct SignatureLayer {
     pub size: u64,
     /// The annotation's value, still base64.
     pub signature: String,
+    /// Its transparency log entry, when it carries one (JSON).
+    pub bundle: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +109,7 @@ pub fn signature_layers(manifest: &[u8]) -> Result<Vec<SignatureLayer>, String> 
                 payload: l.digest.parse().ok()?,
                 size: l.size,
                 signature: l.annotations.get(SIGNATURE_ANNOTATION)?.clone(),
+                bundle: l.annotations.get(BUNDLE_ANNOTATION).cloned(),
             })
         })
         .collect();
@@ -156,6 +162,91 @@ pub fn verify<'k>(
         ));
     }
     Ok(&key.name)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Bundle {
+    signed_entry_timestamp: String,
+    payload: Entry,
+}
+
+/// The log entry Rekor signs: its canonical JSON (keys sorted, no spaces) is what the signed
+/// entry timestamp covers.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    body: String,
+    integrated_time: i64,
+    #[serde(rename = "logID")]
+    log_id: String,
+    log_index: i64,
+}
+
+#[derive(Deserialize)]
+struct Rekord {
+    spec: RekordSpec,
+}
+
+#[derive(Deserialize)]
+struct RekordSpec {
+    data: RekordData,
+    signature: RekordSignature,
+}
+
+#[derive(Deserialize)]
+struct RekordData {
+    hash: RekordHash,
+}
+
+#[derive(Deserialize)]
+struct RekordHash {
+    algorithm: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct RekordSignature {
+    content: String,
+}
+
+/// Check a signature's transparency log entry offline: the signed entry timestamp verifies
+/// under one of `log_keys` over the entry, and the entry (a `hashedrekord`) records this
+/// payload's SHA-256 and this signature. Returns when it was logged (seconds since the epoch).
+pub fn verify_logged(
+    log_keys: &[Key],
+    bundle: &str,
+    payload: &[u8],
+    signature_b64: &str,
+) -> Result<i64, String> {
+    let b: Bundle = serde_json::from_str(bundle)
+        .map_err(|e| format!("its transparency log entry is not one: {e}"))?;
+    let set = base64::engine::general_purpose::STANDARD
+        .decode(b.signed_entry_timestamp.trim())
+        .map_err(|_| "its log entry's signed timestamp is not base64".to_string())?;
+    // serde_json's maps keep keys sorted: this is the canonical form Rekor signed.
+    let canonical =
+        serde_json::to_vec(&serde_json::to_value(&b.payload).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    if !log_keys
+        .iter()
+        .any(|k| k.key.verify_sig(&canonical, &set).is_ok())
+    {
+        return Err("its log entry is signed by no trusted transparency log key".into());
+    }
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(b.payload.body.trim())
+        .map_err(|_| "its log entry's body is not base64".to_string())?;
+    let r: Rekord = serde_json::from_slice(&body)
+        .map_err(|e| format!("its log entry is not a hashedrekord: {e}"))?;
+    let hash = hex::encode(sha2::Sha256::digest(payload));
+    if r.spec.data.hash.algorithm != "sha256" || r.spec.data.hash.value != hash {
+        return Err("its log entry records another payload".into());
+    }
+    if r.spec.signature.content.trim() != signature_b64.trim() {
+        return Err("its log entry records another signature".into());
+    }
+    Ok(b.payload.integrated_time)
 }
 
 #[cfg(test)]
@@ -257,6 +348,79 @@ mod tests {
                 .unwrap_err()
                 .contains("not a simple-signing payload")
         );
+    }
+
+    /// A public test vector in cosign's own format, not made by this code: the key, payload
+    /// and signature of sigstore-rs's `verify_signature_success` test
+    /// (github.com/sigstore/sigstore-rs, tag v0.14.0, src/crypto/verification_key.rs and
+    /// src/crypto/mod.rs; Apache-2.0), checked here also with `openssl dgst -verify`.
+    #[test]
+    fn sigstores_own_test_vector_verifies() {
+        const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAENptdY/l3nB0yqkXLBWkZWQwo6+cu
+OSWS1X9vPavpiQOoTTGC0xX57OojUadxF1cdQmrsiReWg2Wn4FneJfa8xw==
+-----END PUBLIC KEY-----";
+        const PAYLOAD: &str = r#"{"critical":{"identity":{"docker-reference":"registry-testing.svc.lan/busybox"},"image":{"docker-manifest-digest":"sha256:f3cfc9d0dbf931d3db4685ec659b7ac68e2a578219da4aae65427886e649b06b"},"type":"cosign container image signature"},"optional":null}"#;
+        const SIGNATURE: &str = "MEUCIQD6q/COgzOyW0YH1Dk+CCYSt4uAhm3FDHUwvPI55zwnlwIgE0ZK58ZOWpZw8YVmBapJhBqCfdPekIknimuO0xH8Jh8=";
+        let key = Key::from_pem("sigstore-rs test key", KEY.as_bytes()).unwrap();
+        let digest: Digest =
+            "sha256:f3cfc9d0dbf931d3db4685ec659b7ac68e2a578219da4aae65427886e649b06b"
+                .parse()
+                .unwrap();
+        let keys = [key];
+        assert_eq!(
+            verify(&keys, &digest, PAYLOAD.as_bytes(), SIGNATURE),
+            Ok("sigstore-rs test key")
+        );
+        let flipped = PAYLOAD.replace("busybox", "busyboy");
+        assert!(verify(&keys, &digest, flipped.as_bytes(), SIGNATURE).is_err());
+    }
+
+    /// A log entry for `payload` and `signature`, signed by `log` as Rekor signs one.
+    fn logged(log: &aws_lc_rs::signature::EcdsaKeyPair, payload: &[u8], signature: &str) -> String {
+        let body = serde_json::json!({"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": {
+            "data": {"hash": {"algorithm": "sha256", "value": hex::encode(sha2::Sha256::digest(payload))}},
+            "signature": {"content": signature, "publicKey": {"content": "LS0t"}}}});
+        let body =
+            base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&body).unwrap());
+        let entry = serde_json::json!({"body": body, "integratedTime": 1_700_000_000,
+            "logID": "c0d23d6ad406973f9559f3ba2d1ca01f84147d8ffc5b8445c224f98b9591801d", "logIndex": 42});
+        let set = sign(log, &serde_json::to_vec(&entry).unwrap());
+        serde_json::json!({"SignedEntryTimestamp": set, "Payload": entry}).to_string()
+    }
+
+    #[test]
+    fn a_log_entry_counts_only_signed_by_the_log_and_for_this_payload_and_signature() {
+        let (signer, _) = key_pair();
+        let (log, log_key) = key_pair();
+        let (_, stranger) = key_pair();
+        let payload = b"{\"critical\":{}}";
+        let signature = sign(&signer, payload);
+        let bundle = logged(&log, payload, &signature);
+        assert_eq!(
+            verify_logged(std::slice::from_ref(&log_key), &bundle, payload, &signature),
+            Ok(1_700_000_000)
+        );
+        let e = verify_logged(&[stranger], &bundle, payload, &signature).unwrap_err();
+        assert!(e.contains("no trusted transparency log key"), "{e}");
+        let e = verify_logged(
+            std::slice::from_ref(&log_key),
+            &bundle,
+            b"other",
+            &signature,
+        )
+        .unwrap_err();
+        assert!(e.contains("another payload"), "{e}");
+        let other = sign(&signer, payload);
+        let e =
+            verify_logged(std::slice::from_ref(&log_key), &bundle, payload, &other).unwrap_err();
+        assert!(e.contains("another signature"), "{e}");
+        // The timestamp covers the entry: a changed time is not the entry the log signed.
+        let moved = bundle.replace("1700000000", "1700000001");
+        let e =
+            verify_logged(std::slice::from_ref(&log_key), &moved, payload, &signature).unwrap_err();
+        assert!(e.contains("no trusted transparency log key"), "{e}");
+        assert!(verify_logged(&[log_key], "not json", payload, &signature).is_err());
     }
 
     #[test]

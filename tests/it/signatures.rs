@@ -27,6 +27,8 @@ fn rule(
         repositories: repositories.iter().map(|s| s.to_string()).collect(),
         keys: keys.iter().map(|k| k.public()).collect(),
         mode,
+        rekor_keys: Vec::new(),
+        require_tlog: false,
     }
 }
 
@@ -316,4 +318,54 @@ async fn verify_signatures_reports_the_policy_and_cache_ls_shows_what_is_signed(
         ["yes", "-", "-"],
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_transparency_log_key_a_signature_counts_only_with_its_signed_log_entry() {
+    let reg = Registry::start().await;
+    let (key, log, forger) = (
+        KeyPair::generate(),
+        KeyPair::generate(),
+        KeyPair::generate(),
+    );
+    let logged = Image::oci("sig-logged", &[10_000]);
+    let unlogged = Image::oci("sig-unlogged", &[10_000]);
+    let forged = Image::oci("sig-forged-log", &[10_000]);
+    push_signed(
+        &reg,
+        "org/logged",
+        &logged,
+        &cosign::sign_logged(&key, &log, "org/logged", &logged),
+    )
+    .await;
+    push_signed(
+        &reg,
+        "org/unlogged",
+        &unlogged,
+        &cosign::sign(&key, "org/unlogged", &unlogged),
+    )
+    .await;
+    let by_forger = cosign::sign_logged(&key, &forger, "org/forged", &forged);
+    push_signed(&reg, "org/forged", &forged, &by_forger).await;
+    let mut cfg = config(vec![upstream("docker.io", &reg.url())]);
+    let mut r = rule(
+        "logged",
+        &["docker.io/org/*"],
+        &[&key],
+        SignatureMode::Enforce,
+    );
+    r.rekor_keys = vec![log.public()];
+    r.require_tlog = true;
+    cfg.signatures = vec![r];
+    let airlock = Airlock::start(cfg).await;
+    airlock.pull("org/logged:v1", &logged).await;
+    for (repo, why) in [
+        ("org/unlogged", "no transparency log entry"),
+        ("org/forged", "no trusted transparency log key"),
+    ] {
+        let (status, body) = manifest(&airlock, repo, "v1").await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{repo}: {text}");
+        assert!(text.contains(why), "{repo}: {text}");
+    }
 }

@@ -110,6 +110,20 @@ pub fn payload(reference: &str, digest: &str) -> Vec<u8> {
 
 /// The manifest cosign pushes as `sha256-<hex>.sig`: one layer per (payload, signature).
 pub fn signature_manifest(signatures: &[(Vec<u8>, String)]) -> OciArtifact {
+    let annotated: Vec<(Vec<u8>, serde_json::Value)> = signatures
+        .iter()
+        .map(|(p, sig)| {
+            (
+                p.clone(),
+                json!({"dev.cosignproject.cosign/signature": sig}),
+            )
+        })
+        .collect();
+    annotated_signature_manifest(&annotated)
+}
+
+/// [`signature_manifest`] with each layer's annotations given whole.
+pub fn annotated_signature_manifest(signatures: &[(Vec<u8>, serde_json::Value)]) -> OciArtifact {
     let config = Blob::new(
         OCI_CONFIG,
         br#"{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#
@@ -122,9 +136,9 @@ pub fn signature_manifest(signatures: &[(Vec<u8>, String)]) -> OciArtifact {
     let descriptors: Vec<serde_json::Value> = layers
         .iter()
         .zip(signatures)
-        .map(|(l, (_, sig))| {
+        .map(|(l, (_, annotations))| {
             let mut d = l.descriptor();
-            d["annotations"] = json!({"dev.cosignproject.cosign/signature": sig});
+            d["annotations"] = annotations.clone();
             d
         })
         .collect();
@@ -157,4 +171,33 @@ pub fn sign(key: &KeyPair, reference: &str, image: &dyn Artifact) -> OciArtifact
 /// The tag cosign gives the signature of `digest`.
 pub fn sig_tag(digest: &str) -> String {
     format!("{}.sig", digest.replacen(':', "-", 1))
+}
+
+/// `image` signed with `key` and the signature logged by `log` (a transparency log's key, as
+/// Rekor's): the layer carries cosign's `dev.sigstore.cosign/bundle` with the log's signed
+/// entry timestamp over the entry (a `hashedrekord` of the payload's hash and the signature),
+/// the entry in canonical JSON (keys sorted, no spaces), as Rekor signs it.
+pub fn sign_logged(
+    key: &KeyPair,
+    log: &KeyPair,
+    reference: &str,
+    image: &dyn Artifact,
+) -> OciArtifact {
+    use sha2::Digest as _;
+    let p = payload(reference, image.digest());
+    let sig = key.sign(&p);
+    let body = json!({"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": {
+        "data": {"hash": {"algorithm": "sha256", "value": hex::encode(sha2::Sha256::digest(&p))}},
+        "signature": {"content": sig, "publicKey": {"content": "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0K"}}}});
+    let body = base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&body).unwrap());
+    // Keys in sorted order, written compactly: the canonical form.
+    let entry = format!(
+        r#"{{"body":"{body}","integratedTime":1700000000,"logID":"c0d23d6ad406973f9559f3ba2d1ca01f84147d8ffc5b8445c224f98b9591801d","logIndex":42}}"#
+    );
+    let set = log.sign(entry.as_bytes());
+    let bundle = format!(r#"{{"SignedEntryTimestamp":"{set}","Payload":{entry}}}"#);
+    annotated_signature_manifest(&[(
+        p,
+        json!({"dev.cosignproject.cosign/signature": sig, "dev.sigstore.cosign/bundle": bundle}),
+    )])
 }
