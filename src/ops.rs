@@ -231,7 +231,40 @@ impl Operations {
 
     /// Purge an image and what only it uses.
     pub async fn remove(&self, reference: &ImageRef) -> Result<Removal> {
-        gc::remove(&self.cache, reference).await
+        // What is attached to it (preload pinned it) goes with it.
+        let (store, index, image) = (
+            self.cache.store().clone(),
+            self.cache.index().clone(),
+            reference.clone(),
+        );
+        let attached = blocking(move || {
+            let Some(root) = inventory::resolve(index.as_ref(), &image)? else {
+                return Ok(Vec::new());
+            };
+            let closure = inventory::closure(store.as_ref(), &root, None)?;
+            let subjects: Vec<Digest> = std::iter::once(root)
+                .chain(closure.platforms.into_iter().map(|p| p.manifest))
+                .collect();
+            inventory::attachments(store.as_ref(), index.as_ref(), &image.repo, &subjects)
+        })
+        .await?;
+        let mut removal = gc::remove(&self.cache, reference).await?;
+        for (r, _) in attached {
+            let a = ImageRef {
+                repo: reference.repo.clone(),
+                reference: r,
+            };
+            match gc::remove(&self.cache, &a).await {
+                Ok(more) => {
+                    removal.images.extend(more.images);
+                    removal.blobs += more.blobs;
+                    removal.bytes += more.bytes;
+                }
+                Err(Error::ManifestUnknown(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removal)
     }
 
     /// Remove what nothing tagged or pinned reaches.

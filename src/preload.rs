@@ -301,7 +301,7 @@ async fn fetch(
             .map(|m| m.digest.clone())
             .collect();
         for subject in subjects {
-            manifests.extend(attachments(cache, reference, &subject).await?);
+            manifests.extend(attachments(cache, reference, &subject, progress).await);
         }
     }
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
@@ -332,37 +332,72 @@ async fn fetch(
     results.into_iter().collect()
 }
 
+/// Referrers of one manifest a preload brings at most (a signature, an SBOM and a few
+/// attestations per release is the norm).
+const MAX_ATTACHED: usize = 32;
+
 /// What is attached to `subject` upstream, its manifests fetched (and pinned): cosign's
-/// tags and the referrers. None is normal: most images are not signed.
+/// tags and the referrers that do name it as their subject. None is normal: most images are
+/// not signed. What cannot be brought is a note, not a failure of the image.
 async fn attachments(
     cache: &Cache,
     reference: &ImageRef,
     subject: &Digest,
-) -> Result<Vec<Arc<Manifest>>> {
+    progress: &Progress,
+) -> Vec<Arc<Manifest>> {
     let repo = &reference.repo;
-    let mut refs: Vec<Reference> = Vec::new();
-    for (suffix, _) in referrers::COSIGN_TAGS {
-        refs.push(Reference::Tag(
-            referrers::cosign_tag(subject, suffix).parse()?,
-        ));
+    let mut refs: Vec<Reference> = referrers::COSIGN_TAGS
+        .iter()
+        .filter_map(|(suffix, _)| referrers::cosign_tag(subject, suffix).parse().ok())
+        .map(Reference::Tag)
+        .collect();
+    match cache.referrers(repo, subject).await {
+        Ok((list, _)) => {
+            if list.len() > MAX_ATTACHED {
+                progress.note(format!(
+                    "{reference}: {} referrers of {subject}, the first {MAX_ATTACHED} brought",
+                    list.len()
+                ));
+            }
+            refs.extend(
+                list.iter()
+                    .take(MAX_ATTACHED)
+                    .map(|r| Reference::Digest(r.digest.clone())),
+            );
+        }
+        Err(e) => progress.note(format!(
+            "{reference}: the referrers of {subject} not brought: {e}"
+        )),
     }
-    let (list, _) = cache.referrers(repo, subject).await?;
-    refs.extend(list.iter().map(|r| Reference::Digest(r.digest.clone())));
     let mut out = Vec::new();
     for r in refs {
         let m = match cache.manifest(repo, &r, &[ACCEPT_ALL]).await {
             Ok(answer) => answer.manifest,
             Err(Error::ManifestUnknown(_)) => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                progress.note(format!("{reference}: {r} not brought: {e}"));
+                continue;
+            }
         };
+        if matches!(r, Reference::Digest(_))
+            && referrers::of_manifest(&m.bytes, &m.media_type).map(|(s, _)| s)
+                != Some(subject.clone())
+        {
+            progress.note(format!(
+                "{reference}: {r} is listed as a referrer of {subject} but does not name it: left out"
+            ));
+            continue;
+        }
         let pin = ImageRef {
             repo: repo.clone(),
             reference: r,
         };
-        cache.index().pin_at(&pin.to_string(), &m.digest)?;
+        if let Err(e) = cache.index().pin_at(&pin.to_string(), &m.digest) {
+            progress.note(format!("{pin} not pinned: {e}"));
+        }
         out.push(m);
     }
-    Ok(out)
+    out
 }
 
 /// The progress unit of one image: its id, expected and done bytes.

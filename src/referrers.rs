@@ -4,16 +4,16 @@
 //! the cache, bundle import and the inventory share it.
 
 use crate::error::{Error, Result};
-use crate::oci::manifest::{MAX_MANIFEST_BYTES, OCI_INDEX};
+use crate::oci::manifest::OCI_INDEX;
 use crate::oci::referrers::{self, Referrer};
 use crate::oci::{Digest, Repository};
 use crate::store::{BlobInfo, BlobStore, CommitError, Index, ReferrersRecord};
 use std::collections::BTreeMap;
 use std::io::Read;
 
-/// A stored answer larger than this is not read back (the upstream's pages and the tag
-/// schema's index are bounded well below it).
-const MAX_ANSWER_BYTES: u64 = 8 * MAX_MANIFEST_BYTES as u64;
+/// A stored answer larger than this is not read back ([`referrers::encode`] keeps them
+/// smaller).
+const MAX_ANSWER_BYTES: u64 = referrers::MAX_ANSWER_BYTES as u64 + 1;
 
 /// The stored answer for `subject` in `repo` and when it was fetched; `None` when there is
 /// none, or its index is gone (gc) or unreadable: as if never asked.

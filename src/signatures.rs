@@ -10,6 +10,7 @@
 //! briefly (a signature pushed later is found).
 
 mod cosign;
+mod exempt;
 
 pub use cosign::Key;
 
@@ -27,6 +28,16 @@ use std::time::Duration;
 
 /// How long a refusal is remembered before the signature is looked for again.
 const REFUSAL_TTL: Duration = Duration::from_secs(30);
+/// How long a verified verdict stands before the signature is checked again (offline, from
+/// what is cached): a signature removed upstream stops counting within this.
+const VERIFIED_TTL: Duration = Duration::from_secs(600);
+/// Signature layers checked at most per manifest (cosign adds one per signer).
+const MAX_SIGNATURES: usize = 16;
+/// Tagged indexes of a repository looked through for one that lists a platform manifest
+/// asked for by digest before its index was.
+const MAX_PARENTS: usize = 64;
+/// A refusal's reason is cut at this length.
+const MAX_REASON: usize = 1024;
 /// Verdicts remembered at most.
 const MAX_VERDICTS: u64 = 100_000;
 
@@ -95,7 +106,10 @@ impl Policy {
     ) -> std::result::Result<Policy, String> {
         Ok(Policy {
             rules: compile(rules, registries)?,
-            verified: moka::future::Cache::new(MAX_VERDICTS),
+            verified: moka::future::Cache::builder()
+                .max_capacity(MAX_VERDICTS)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
             refused: moka::future::Cache::builder()
                 .max_capacity(MAX_VERDICTS)
                 .time_to_live(REFUSAL_TTL)
@@ -193,7 +207,7 @@ impl Policy {
         };
         self.count(result, check.mode);
         let rule = check.rule.unwrap_or_default();
-        if check.mode == Some("warn") {
+        if check.mode == Some(mode_name(SignatureMode::Warn)) {
             tracing::warn!(%repo, digest = %m.digest, %rule, %reason, "served without a trusted signature (signature rule in warn mode)");
             return Ok(());
         }
@@ -222,10 +236,7 @@ impl Policy {
         let verdict = self.verdict(cache, repo, m, rule).await;
         Check {
             rule: Some(rule.name.clone()),
-            mode: Some(match rule.mode {
-                SignatureMode::Enforce => "enforce",
-                SignatureMode::Warn => "warn",
-            }),
+            mode: Some(mode_name(rule.mode)),
             verdict,
         }
     }
@@ -237,7 +248,7 @@ impl Policy {
         m: &Manifest,
         rule: &Rule,
     ) -> Verdict {
-        if !runnable(&m.bytes) {
+        if exempt::exempt(&m.media_type, &m.bytes) {
             return Verdict::NotRequired;
         }
         let key = (repo.clone(), m.digest.clone());
@@ -247,7 +258,12 @@ impl Policy {
         if let Some(v) = self.refused.get(&key).await {
             return v;
         }
-        let verdict = cosign_verdict(cache, repo, &m.digest, rule).await;
+        let mut verdict = cosign_verdict(cache, repo, &m.digest, rule).await;
+        if matches!(verdict, Verdict::Missing { .. })
+            && let Some(by) = self.signed_parent(cache, repo, &m.digest, rule).await
+        {
+            verdict = Verdict::Verified { by };
+        }
         if let Verdict::Verified { by } = &verdict {
             self.verified.insert(key, by.as_str().into()).await;
             // The index is signed for all its platforms.
@@ -266,38 +282,73 @@ impl Policy {
     }
 }
 
-/// Whether a runtime would run this manifest: an image (an image config, tar layers or
-/// none) or an index listing one. Artifacts (a config or layers of other types; an index
-/// of artifacts, as the referrers tag schema keeps) are not; what does not parse is.
-fn runnable(bytes: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return true;
-    };
-    if let Some(list) = v.get("manifests").and_then(|m| m.as_array()) {
-        return list.iter().any(|d| d.get("artifactType").is_none());
-    }
-    let config = v.pointer("/config/mediaType").and_then(|t| t.as_str());
-    let image_config = matches!(
-        config,
-        Some(
-            "application/vnd.oci.image.config.v1+json"
-                | "application/vnd.docker.container.image.v1+json"
-        )
-    );
-    let layers: Vec<&str> = v
-        .get("layers")
-        .and_then(|l| l.as_array())
-        .map(|ls| {
-            ls.iter()
-                .filter_map(|l| l.get("mediaType").and_then(|t| t.as_str()))
-                .collect()
+impl Policy {
+    /// A platform manifest asked for by digest before its index (a kubelet pinned to the
+    /// platform's digest, a restart): a tagged index of the repository that lists it and is
+    /// signed signs it too. Only cached indexes are read; at most [`MAX_PARENTS`].
+    async fn signed_parent(
+        &self,
+        cache: &Cache,
+        repo: &Repository,
+        child: &Digest,
+        rule: &Rule,
+    ) -> Option<String> {
+        let (store, index, r, c) = (
+            cache.store().clone(),
+            cache.index().clone(),
+            repo.clone(),
+            child.clone(),
+        );
+        let parents = tokio::task::spawn_blocking(move || -> Result<Vec<Digest>> {
+            let mut out = Vec::new();
+            for tag in index.tags(&r)?.into_iter().take(MAX_PARENTS * 4) {
+                let Ok(tag) = tag.parse::<Tag>() else {
+                    continue;
+                };
+                let Some(rec) = index.tag(&r, &tag)? else {
+                    continue;
+                };
+                if !(rec.media_type.contains("index") || rec.media_type.contains("list")) {
+                    continue;
+                }
+                let Some(bytes) = crate::inventory::read_manifest(store.as_ref(), &rec.digest)?
+                else {
+                    continue;
+                };
+                if children(&bytes)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|k| k.is_manifest && k.digest == c)
+                {
+                    out.push(rec.digest);
+                }
+                if out.len() >= MAX_PARENTS {
+                    break;
+                }
+            }
+            Ok(out)
         })
-        .unwrap_or_default();
-    image_config
-        && (layers.is_empty()
-            || layers
-                .iter()
-                .any(|t| t.contains(".tar") || t.contains("rootfs")))
+        .await
+        .ok()?
+        .ok()?;
+        for parent in parents {
+            let key = (repo.clone(), parent.clone());
+            let verified = match self.verified.get(&key).await {
+                Some(_) => true,
+                None => match cosign_verdict(cache, repo, &parent, rule).await {
+                    Verdict::Verified { by } => {
+                        self.verified.insert(key, by.as_str().into()).await;
+                        true
+                    }
+                    _ => false,
+                },
+            };
+            if verified {
+                return Some(format!("index {parent}"));
+            }
+        }
+        None
+    }
 }
 
 /// Look for `digest`'s cosign signature in `repo` and check it under `keys`.
@@ -329,7 +380,13 @@ async fn cosign_verdict(cache: &Cache, repo: &Repository, digest: &Digest, rule:
         Err(reason) => return Verdict::Refused { reason },
     };
     let mut why: Vec<String> = Vec::new();
-    for layer in layers {
+    if layers.len() > MAX_SIGNATURES {
+        why.push(format!(
+            "only the first {MAX_SIGNATURES} of its {} signatures were checked",
+            layers.len()
+        ));
+    }
+    for layer in layers.into_iter().take(MAX_SIGNATURES) {
         if layer.size > cosign::MAX_PAYLOAD {
             why.push(format!("a payload of {} bytes is too large", layer.size));
             continue;
@@ -366,10 +423,18 @@ async fn cosign_verdict(cache: &Cache, repo: &Repository, digest: &Digest, rule:
             }
         }
     }
+    why.sort();
     why.dedup();
-    Verdict::Refused {
-        reason: why.join("; "),
+    let mut reason = why.join("; ");
+    if reason.len() > MAX_REASON {
+        let cut = (0..=MAX_REASON)
+            .rev()
+            .find(|i| reason.is_char_boundary(*i))
+            .unwrap_or(0);
+        reason.truncate(cut);
+        reason.push('…');
     }
+    Verdict::Refused { reason }
 }
 
 /// A small blob of `repo`, verified, through the cache.
@@ -380,7 +445,7 @@ async fn read_small(
     limit: u64,
 ) -> Result<Vec<u8>> {
     let source = cache
-        .blob(repo, digest)
+        .blob_at_most(repo, digest, Some(limit))
         .await?
         .source
         .verified()
@@ -399,30 +464,9 @@ async fn read_small(
     Ok(chunks.concat())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn images_are_runnable_and_artifacts_are_not() {
-        let image = br#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip"}]}"#;
-        let docker = br#"{"config":{"mediaType":"application/vnd.docker.container.image.v1+json"},"layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip"}]}"#;
-        let sig = br#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json"}]}"#;
-        let sbom = br#"{"config":{"mediaType":"application/vnd.oci.empty.v1+json"},"layers":[{"mediaType":"application/spdx+json"}]}"#;
-        let helm = br#"{"config":{"mediaType":"application/vnd.cncf.helm.config.v1+json"},"layers":[{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip"}]}"#;
-        let index = br#"{"manifests":[{"mediaType":"x","digest":"d","platform":{}}]}"#;
-        let referrers = br#"{"manifests":[{"mediaType":"x","digest":"d","artifactType":"a"}]}"#;
-        for (m, want) in [
-            (&image[..], true),
-            (&docker[..], true),
-            (&sig[..], false),
-            (&sbom[..], false),
-            (&helm[..], false),
-            (&index[..], true),
-            (&referrers[..], false),
-            (&b"not json"[..], true),
-        ] {
-            assert_eq!(runnable(m), want, "{}", String::from_utf8_lossy(m));
-        }
+fn mode_name(mode: SignatureMode) -> &'static str {
+    match mode {
+        SignatureMode::Enforce => "enforce",
+        SignatureMode::Warn => "warn",
     }
 }

@@ -448,10 +448,16 @@ fn next_link<B>(req: &Request<B>, mut query: form_urlencoded::Serializer<String>
 /// The repository name as the request path wrote it (`org/app`, `ghcr.io/org/app`).
 fn path_name(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v2/")?;
+    // As the router reads it: a tag list first, else the keyword that occurs last ends the
+    // name (`/v2/a/manifests/x/referrers/<d>` is repository `a/manifests/x`).
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(name);
+    }
     ["/manifests/", "/blobs/", "/referrers/"]
         .iter()
-        .find_map(|kw| rest.rfind(kw).map(|i| &rest[..i]))
-        .or_else(|| rest.strip_suffix("/tags/list"))
+        .filter_map(|kw| rest.rfind(kw))
+        .max()
+        .map(|i| &rest[..i])
 }
 
 pub(super) fn set(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
@@ -473,4 +479,40 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
     set(h, header::CONTENT_TYPE, "application/octet-stream");
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     digest_headers(h, digest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name a token's scope is checked against is the one the router serves: a keyword
+    /// inside a name does not end it early.
+    #[test]
+    fn the_path_name_is_the_routed_name() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let router = Router::new(crate::oci::Registry::docker_hub(), Default::default());
+        for (path, name) in [
+            (
+                format!("/v2/o/a/manifests/x/referrers/{d}"),
+                "o/a/manifests/x",
+            ),
+            (
+                "/v2/o/a/manifests/b/tags/list".to_string(),
+                "o/a/manifests/b",
+            ),
+            ("/v2/o/a/blobs/manifests/latest".to_string(), "o/a/blobs"),
+            (format!("/v2/o/a/manifests/blobs/{d}"), "o/a/manifests"),
+            ("/v2/o/a/manifests/v1".to_string(), "o/a"),
+        ] {
+            assert_eq!(path_name(&path), Some(name), "{path}");
+            let routed = match router.parse(&path, None).unwrap() {
+                Route::Manifest { repo, .. }
+                | Route::Blob { repo, .. }
+                | Route::Tags { repo, .. }
+                | Route::Referrers { repo, .. } => repo,
+                Route::Base => unreachable!(),
+            };
+            assert_eq!(routed.name.as_str(), name, "{path}");
+        }
+    }
 }

@@ -12,6 +12,17 @@ use std::sync::Arc;
 impl Cache {
     /// A blob of `repo`, streamed from the cache or from the one fill fetching it.
     pub async fn blob(&self, repo: &Repository, digest: &Digest) -> Result<BlobAnswer> {
+        self.blob_at_most(repo, digest, None).await
+    }
+
+    /// [`Cache::blob`], but a fill this call starts gives up past `limit` bytes (a
+    /// signature's payload, which the upstream could make as large as it likes).
+    pub async fn blob_at_most(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        limit: Option<u64>,
+    ) -> Result<BlobAnswer> {
         let inner = &self.inner;
         if let Some(answer) = self.stored_blob(repo, digest).await? {
             return Ok(answer);
@@ -28,7 +39,10 @@ impl Cache {
                 store: inner.store.clone(),
                 index: inner.index.clone(),
                 timeout: inner.settings.fill_timeout,
-                max_size: self.policy().max_blob_size(),
+                max_size: match (self.policy().max_blob_size(), limit) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
                 min_free: inner.settings.min_free,
                 metrics: inner.metrics.clone(),
             };

@@ -138,10 +138,14 @@ impl Cache {
         let upstream = self.upstream(repo)?.upstream.clone();
         let mut list = match upstream.referrers(&repo.name, subject).await {
             Ok(found) => found.unwrap_or_default(),
-            // A registry that mis-answers the API may still keep the tag schema.
+            // A registry that mis-answers the API may still keep the tag schema; what it
+            // answered before is kept, not replaced by the tag schema's part alone.
             Err(e @ Error::UpstreamInvalid { .. }) => {
-                tracing::warn!(%repo, %subject, error = %e, "the upstream's referrers API answered badly: reading the tag schema alone");
-                Vec::new()
+                tracing::warn!(%repo, %subject, error = %e, "the upstream's referrers API answered badly: keeping what it said before, with the tag schema");
+                match self.known_referrers(repo, subject).await? {
+                    Some(k) => k.list.to_vec(),
+                    None => Vec::new(),
+                }
             }
             Err(e) => return Err(e),
         };
@@ -163,18 +167,22 @@ impl Cache {
             fetched_at_ms: now_ms(),
             list: Arc::new(list),
         };
-        let (store, index) = (self.inner.store.clone(), self.inner.index.clone());
-        let (r, d, list, at) = (
-            repo.clone(),
-            subject.clone(),
-            known.list.clone(),
-            known.fetched_at_ms,
-        );
-        tokio::task::spawn_blocking(move || {
-            crate::referrers::save(store.as_ref(), index.as_ref(), &r, &d, &list, at)
-        })
-        .await
-        .map_err(Error::internal)??;
+        // Kept on disk when there is something to keep, or the subject is here: a client
+        // asking about digests the cache never held leaves no record behind.
+        if !known.list.is_empty() || self.inner.index.is_linked(repo, subject)? {
+            let (store, index) = (self.inner.store.clone(), self.inner.index.clone());
+            let (r, d, list, at) = (
+                repo.clone(),
+                subject.clone(),
+                known.list.clone(),
+                known.fetched_at_ms,
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::referrers::save(store.as_ref(), index.as_ref(), &r, &d, &list, at)
+            })
+            .await
+            .map_err(Error::internal)??;
+        }
         self.inner
             .hot
             .referrers

@@ -47,7 +47,8 @@ pub fn attached(
 }
 
 /// Everything attached in `repo` to any of `subjects` that would pull offline, each once:
-/// cosign's tags by tag, the referrers by digest, with what each is.
+/// cosign's tags and the tag schema's index by tag, the referrers by digest, with what each
+/// is.
 pub fn attachments(
     store: &dyn BlobStore,
     index: &dyn Index,
@@ -65,6 +66,14 @@ pub fn attachments(
             {
                 out.push((Reference::Tag(tag), kind));
             }
+        }
+        // The tag schema's index of its referrers is a tag of its own, attached too.
+        let schema: Tag = referrers::schema_tag(subject).parse()?;
+        if let Some(rec) = index.tag(repo, &schema)?
+            && seen.insert(rec.digest.clone())
+            && pullable(store, index, repo, &rec.digest)?
+        {
+            out.push((Reference::Tag(schema), Attached::Other));
         }
         let Some((_, list)) = crate::referrers::load(store, index, repo, subject)? else {
             continue;

@@ -13,6 +13,11 @@ use std::collections::{BTreeMap, HashSet};
 pub const MAX_REFERRERS: usize = 10_000;
 /// Descriptors per page of the referrers API when the client does not ask for fewer.
 pub const PAGE: usize = 1_000;
+/// Bytes of upstream answers read for one subject at most, and the most an answer kept for
+/// one subject may take.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// A descriptor's annotations larger than this (keys and values) are not kept.
+pub const MAX_ANNOTATION_BYTES: usize = 16 << 10;
 
 /// One referrer: a manifest descriptor with the artifact type and annotations the referrers
 /// API carries (unknown fields are not kept: they are not part of the answer's contract).
@@ -55,7 +60,19 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Referrer>, String> {
     Ok(raw
         .manifests
         .into_iter()
-        .filter_map(|v| serde_json::from_value(v).ok())
+        .filter_map(|v| serde_json::from_value::<Referrer>(v).ok())
+        .map(|mut r| {
+            let notes: usize = r
+                .annotations
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            if notes > MAX_ANNOTATION_BYTES {
+                r.annotations = None;
+            }
+            r
+        })
         .collect())
 }
 
@@ -84,12 +101,17 @@ pub fn filter<'a>(list: &'a [Referrer], types: &[String]) -> Vec<&'a Referrer> {
         .collect()
 }
 
-/// Up to `n` referrers after the one with digest `last` (from the first when `None`, or when
-/// `last` is not in the list), and whether more follow.
+/// Up to `n` referrers after the one with digest `last` (from the first when `None`; none
+/// when `last` is not in the list, so a client never gets a page twice), and whether more
+/// follow.
 pub fn page<'a>(list: &[&'a Referrer], n: usize, last: Option<&str>) -> (Vec<&'a Referrer>, bool) {
-    let start = last
-        .and_then(|l| list.iter().position(|r| r.digest.to_string() == l))
-        .map_or(0, |i| i + 1);
+    let start = match last {
+        None => 0,
+        Some(l) => match list.iter().position(|r| r.digest.to_string() == l) {
+            Some(i) => i + 1,
+            None => list.len(),
+        },
+    };
     let rest = &list[start.min(list.len())..];
     let n = n.max(1);
     (rest.iter().take(n).copied().collect(), rest.len() > n)
@@ -97,6 +119,17 @@ pub fn page<'a>(list: &[&'a Referrer], n: usize, last: Option<&str>) -> (Vec<&'a
 
 /// The image index that answers a referrers request.
 pub fn encode(list: &[&Referrer]) -> Vec<u8> {
+    let mut bytes = encode_all(list);
+    let mut n = list.len();
+    // Bounded: what is kept must read back whole.
+    while bytes.len() > MAX_ANSWER_BYTES && n > 0 {
+        n = n * 3 / 4;
+        bytes = encode_all(&list[..n]);
+    }
+    bytes
+}
+
+fn encode_all(list: &[&Referrer]) -> Vec<u8> {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Answer<'a> {
@@ -287,6 +320,11 @@ mod tests {
         let (second, more) = page(&all, 2, Some(&first[1].digest.to_string()));
         assert_eq!((second.len(), more), (1, false));
         assert_eq!(second[0].digest.to_string(), d('c'));
+        let (none, more) = page(&all, 2, Some(&d('e')));
+        assert!(
+            none.is_empty() && !more,
+            "an unknown last gives nothing, not the first page again"
+        );
 
         let answer: serde_json::Value = serde_json::from_slice(&encode(&sboms)).unwrap();
         assert_eq!(answer["schemaVersion"], 2);

@@ -405,6 +405,24 @@ async fn preload_brings_signatures_and_sboms_so_they_are_served_with_the_upstrea
     }
     let (status, _, _) = get(format!("/v2/org/other/manifests/{other_tag}")).await;
     assert_ne!(status, 200, "not preloaded, not cached");
+
+    // Removing the image removes what preload brought and pinned for it.
+    let out = daemon.cli(&["cache", "rm", "org/app:v1"]).await;
+    let text = support::daemon::text(&out);
+    assert!(out.status.success() && text.contains(".sig"), "{text}");
+    let sig_path = format!("/v2/org/app/manifests/{}.sig", schema_tag(&signed.digest));
+    let (status, _, _) = get(sig_path).await;
+    assert_ne!(status, 200, "the signature went with its image");
+    let out = daemon.cli(&["cache", "ls", "--json"]).await;
+    let text = support::daemon::text(&out);
+    assert!(!text.contains(".sig"), "{text}");
+    assert!(
+        !text.contains(&schema_tag(&signed.digest)),
+        "the referrers index went too: {text}"
+    );
+    let sbom_path = format!("/v2/org/app/manifests/{}", sbom.digest);
+    let (status, _, _) = get(sbom_path).await;
+    assert_ne!(status, 200, "the SBOM went with its image");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -87,6 +87,23 @@ async fn enforce_serves_what_a_trusted_key_signed_and_refuses_the_rest() {
     let bad = cosign::signature_manifest(&[(p, "%%% not base64".into())]);
     push_signed(&reg, "org/malformed", &malformed, &bad).await;
     push::push(&reg.url(), "other/free", &["v1"], &free).await;
+    // An unsigned image dressed as an artifact: "Config" in another case is the config Go's
+    // decoder (the registry's, containerd's) reads, and an empty config under "config".
+    let cased = Image::oci("sig-cased", &[10_000]);
+    for (digest, data) in cased.blobs() {
+        push::push_blob(&push::client(), &reg.url(), "org/cased", &digest, data).await;
+    }
+    let text = String::from_utf8(cased.manifest.to_vec()).unwrap();
+    let disguised = text.replacen("\"config\"", "\"Config\"", 1);
+    push::push_manifest(
+        &push::client(),
+        &reg.url(),
+        "org/cased",
+        "v1",
+        support::image::OCI_MANIFEST,
+        bytes::Bytes::from(disguised),
+    )
+    .await;
 
     let mut cfg = config(vec![upstream("docker.io", &reg.url())]);
     cfg.signatures = vec![rule(
@@ -122,6 +139,7 @@ async fn enforce_serves_what_a_trusted_key_signed_and_refuses_the_rest() {
         ("org/untrusted", "no trusted key"),
         ("org/elsewhere", "names"),
         ("org/malformed", "not base64"),
+        ("org/cased", "no cosign signature"),
     ] {
         let (status, body) = manifest(&airlock, repo, "v1").await;
         assert_eq!(status, 403, "{repo}: {}", String::from_utf8_lossy(&body));
@@ -150,6 +168,12 @@ async fn enforce_serves_what_a_trusted_key_signed_and_refuses_the_rest() {
     // With the upstream gone the verdicts stand, from what is cached.
     reg.stop().await;
     let airlock = airlock.restart().await;
+    // A platform manifest asked for by digest first (as a kubelet pinned to it would): its
+    // cached, signed index signs it.
+    let child = &multi.images[0];
+    let (status, body) = manifest(&airlock, "org/multi", &child.digest).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, child.manifest);
     airlock.pull("org/signed:v1", &signed).await;
     let (status, _) = manifest(&airlock, "org/unsigned", "v1").await;
     assert_eq!(status, 403);

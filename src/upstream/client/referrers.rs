@@ -19,6 +19,7 @@ impl HttpUpstream {
     ) -> Result<Option<Vec<Referrer>>> {
         let mut url = self.url(repo, &format!("referrers/{subject}"))?;
         let mut all: Vec<Referrer> = Vec::new();
+        let mut read = 0usize;
         for _ in 0..MAX_TAG_PAGES {
             let resp = self
                 .send(
@@ -39,10 +40,15 @@ impl HttpUpstream {
                 trust::link(&self.base, n).map_err(|why| self.invalid(format!("refused {why}")))?;
             }
             let body = self.read_limited(resp, MAX_MANIFEST_BYTES).await?;
+            read += body.len();
             let page = referrers::parse(&body)
                 .map_err(|e| self.invalid(format!("the referrers of {subject} in {repo}: {e}")))?;
             referrers::merge(&mut all, page);
             match next {
+                Some(_) if read >= referrers::MAX_ANSWER_BYTES => {
+                    tracing::warn!(%repo, %subject, referrers = all.len(), "referrers cut after {read} bytes of answers");
+                    return Ok(Some(all));
+                }
                 Some(n) if all.len() < MAX_REFERRERS => url = n,
                 _ => return Ok(Some(all)),
             }
