@@ -232,7 +232,7 @@ impl HttpUpstream {
                 },
             }),
             StatusCode::TOO_MANY_REQUESTS => Err(Error::TooManyRequests(self.registry.clone())),
-            s if s.is_server_error() => {
+            s if s.is_server_error() && s != StatusCode::NOT_IMPLEMENTED => {
                 Err(self.unavailable(format!("{method} {} answered {s}", resp.url().path())))
             }
             s => Err(self.invalid(format!("{method} {} answered {s}", resp.url().path()))),
@@ -273,8 +273,11 @@ impl HttpUpstream {
             .with_label_values(&[&registry, class])
             .inc();
         match &result {
+            // 501 says an endpoint is not offered (the referrers API on some registries): an
+            // answer, not an outage.
             Ok(r)
-                if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
+                if (r.status().is_server_error() && r.status() != StatusCode::NOT_IMPLEMENTED)
+                    || r.status() == StatusCode::TOO_MANY_REQUESTS =>
             {
                 attempt.failure(&format!("answered {}", r.status()))
             }

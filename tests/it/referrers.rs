@@ -526,3 +526,32 @@ async fn bundles_carry_signatures_and_sboms_to_a_site_without_an_upstream() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_answers_501_for_referrers_falls_back_to_the_tag_schema_and_stays_up() {
+    let up = FaultyUpstream::start();
+    let app = Image::oci("referrers-501", &[10_000]);
+    let sbom = sbom_of(&app, "501");
+    up.add_artifact("org/app", "v1", &app);
+    up.add_artifact("org/app", &sbom.digest, &sbom);
+    up.add_manifest(
+        "org/app",
+        &schema_tag(&app.digest),
+        OCI_INDEX,
+        referrers_index(&[&sbom]),
+    );
+    let path = format!("/v2/org/app/referrers/{}", app.digest);
+    up.set_mode(&path, Mode::Status(501));
+    let mut u = upstream("docker.io", &up.url());
+    u.tag_ttl = Duration::ZERO;
+    u.failure_threshold = 2;
+    let airlock = Airlock::start(config(vec![u])).await;
+    for _ in 0..4 {
+        let (status, h, body) = get(&airlock, &path).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(listed(&h, &body), [sbom.digest.as_str()]);
+    }
+    assert!(up.count("GET", &path) >= 4, "asked each time (TTL 0)");
+    // Not an outage: the upstream is not marked down, and pulls go on.
+    airlock.pull("org/app:v1", &app).await;
+}
