@@ -4,24 +4,30 @@
 //! the cache, so it is cached and checked offline too) verifies under a trusted key and names
 //! its digest (`enforce`: otherwise 403 DENIED naming the rule; `warn`: served, logged and
 //! counted). A multi-platform image is signed on its index: the platform manifests of a
-//! verified index pass when fetched by digest. Artifacts that no runtime runs (signatures,
-//! SBOMs, attestations, referrers indexes, Helm charts) are not images and pass. Verdicts are
-//! remembered by repository and digest: a verified one until memory is short, a refusal
-//! briefly (a signature pushed later is found).
+//! verified index pass when fetched by digest (also before it, through the cached tagged
+//! indexes that list them). Only what is recognisably a signature, attestation, SBOM or
+//! referrers index passes unsigned (`exempt`, failing closed). Verdicts are remembered by
+//! repository and digest: a verified one for 10 minutes, a refusal for 30 s (a signature
+//! pushed later is found). `rules` compiles the configuration, `check` fetches and checks
+//! one signature, `cosign` knows the format.
 
+mod check;
 mod cosign;
 mod exempt;
+mod rules;
 
 pub use cosign::Key;
+pub use rules::validate;
+
+use check::cosign_verdict;
+use rules::{Rule, compile};
 
 use crate::cache::{Cache, Manifest};
 use crate::config::{SignatureMode, SignatureRule};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::oci::manifest::ACCEPT_ALL;
-use crate::oci::{Digest, Reference, Repository, Tag, children, referrers};
-use crate::pattern::{NamePattern, Registries};
-use futures_util::TryStreamExt;
+use crate::oci::{Digest, Repository, Tag, children};
+use crate::pattern::Registries;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,19 +46,6 @@ const MAX_PARENTS: usize = 64;
 const MAX_REASON: usize = 1024;
 /// Verdicts remembered at most.
 const MAX_VERDICTS: u64 = 100_000;
-
-/// One compiled rule.
-#[derive(Debug)]
-struct Rule {
-    name: String,
-    patterns: Vec<NamePattern>,
-    keys: Vec<Key>,
-    mode: SignatureMode,
-    /// Transparency log keys: a log entry a signature carries must verify under one.
-    log_keys: Vec<Key>,
-    /// A signature without a log entry does not count.
-    require_tlog: bool,
-}
 
 /// What the policy says of one manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,66 +110,6 @@ impl Policy {
             metrics,
         })
     }
-}
-
-/// Check `[[signatures]]` without keeping anything: the error names the rule and what to fix.
-pub fn validate(
-    rules: &[SignatureRule],
-    registries: &Registries,
-) -> std::result::Result<(), String> {
-    compile(rules, registries).map(|_| ())
-}
-
-fn compile(
-    rules: &[SignatureRule],
-    registries: &Registries,
-) -> std::result::Result<Vec<Rule>, String> {
-    let mut out = Vec::new();
-    for (i, r) in rules.iter().enumerate() {
-        let name = r.name.clone().unwrap_or_else(|| format!("signatures[{i}]"));
-        if r.repositories.is_empty() {
-            return Err(format!(
-                "{name}: repositories is empty, so it covers nothing"
-            ));
-        }
-        if r.keys.is_empty() {
-            return Err(format!(
-                "{name}: keys is empty: name the cosign public keys (cosign.pub) it trusts"
-            ));
-        }
-        let patterns = r
-            .repositories
-            .iter()
-            .map(|p| NamePattern::parse_in(p, false, registries))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| format!("{name}.repositories: {e}"))?;
-        let keys = r
-            .keys
-            .iter()
-            .map(|k| Key::load(k))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| format!("{name}.keys: {e}"))?;
-        let log_keys = r
-            .rekor_keys
-            .iter()
-            .map(|k| Key::load(k))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| format!("{name}.rekor_keys: {e}"))?;
-        if r.require_tlog && log_keys.is_empty() {
-            return Err(format!(
-                "{name}: require_tlog needs rekor_keys, the transparency log's public keys, to check entries with"
-            ));
-        }
-        out.push(Rule {
-            name,
-            patterns,
-            keys,
-            mode: r.mode,
-            log_keys,
-            require_tlog: r.require_tlog,
-        });
-    }
-    Ok(out)
 }
 
 impl Policy {
@@ -349,119 +282,6 @@ impl Policy {
         }
         None
     }
-}
-
-/// Look for `digest`'s cosign signature in `repo` and check it under `keys`.
-async fn cosign_verdict(cache: &Cache, repo: &Repository, digest: &Digest, rule: &Rule) -> Verdict {
-    let tag = referrers::cosign_tag(digest, ".sig");
-    let Ok(parsed) = tag.parse::<Tag>() else {
-        return Verdict::Missing {
-            reason: format!("{tag} is not a tag"),
-        };
-    };
-    let sig = match cache
-        .manifest(repo, &Reference::Tag(parsed), &[ACCEPT_ALL])
-        .await
-    {
-        Ok(a) => a.manifest,
-        Err(Error::ManifestUnknown(_)) => {
-            return Verdict::Missing {
-                reason: format!("it has no cosign signature ({tag})"),
-            };
-        }
-        Err(e) => {
-            return Verdict::Missing {
-                reason: format!("its signature {tag} could not be fetched: {e}"),
-            };
-        }
-    };
-    let layers = match cosign::signature_layers(&sig.bytes) {
-        Ok(l) => l,
-        Err(reason) => return Verdict::Refused { reason },
-    };
-    let mut why: Vec<String> = Vec::new();
-    if layers.len() > MAX_SIGNATURES {
-        why.push(format!(
-            "only the first {MAX_SIGNATURES} of its {} signatures were checked",
-            layers.len()
-        ));
-    }
-    for layer in layers.into_iter().take(MAX_SIGNATURES) {
-        if layer.size > cosign::MAX_PAYLOAD {
-            why.push(format!("a payload of {} bytes is too large", layer.size));
-            continue;
-        }
-        let payload = match read_small(cache, repo, &layer.payload, cosign::MAX_PAYLOAD).await {
-            Ok(p) => p,
-            Err(e) => {
-                why.push(format!("its payload could not be read: {e}"));
-                continue;
-            }
-        };
-        let by = match cosign::verify(&rule.keys, digest, &payload, &layer.signature) {
-            Ok(by) => by,
-            Err(e) => {
-                why.push(e);
-                continue;
-            }
-        };
-        match (&layer.bundle, rule.log_keys.is_empty()) {
-            (_, true) => return Verdict::Verified { by: by.to_string() },
-            (None, false) if rule.require_tlog => {
-                why.push("it carries no transparency log entry, and the rule requires one".into());
-            }
-            (None, false) => return Verdict::Verified { by: by.to_string() },
-            (Some(bundle), false) => {
-                match cosign::verify_logged(&rule.log_keys, bundle, &payload, &layer.signature) {
-                    Ok(at) => {
-                        return Verdict::Verified {
-                            by: format!("{by}, logged at {at}"),
-                        };
-                    }
-                    Err(e) => why.push(e),
-                }
-            }
-        }
-    }
-    why.sort();
-    why.dedup();
-    let mut reason = why.join("; ");
-    if reason.len() > MAX_REASON {
-        let cut = (0..=MAX_REASON)
-            .rev()
-            .find(|i| reason.is_char_boundary(*i))
-            .unwrap_or(0);
-        reason.truncate(cut);
-        reason.push('…');
-    }
-    Verdict::Refused { reason }
-}
-
-/// A small blob of `repo`, verified, through the cache.
-async fn read_small(
-    cache: &Cache,
-    repo: &Repository,
-    digest: &Digest,
-    limit: u64,
-) -> Result<Vec<u8>> {
-    let source = cache
-        .blob_at_most(repo, digest, Some(limit))
-        .await?
-        .source
-        .verified()
-        .await
-        .map_err(Error::internal)?;
-    if source.size().is_some_and(|n| n > limit) {
-        return Err(Error::internal(format!(
-            "{digest} is larger than {limit} bytes"
-        )));
-    }
-    let chunks: Vec<bytes::Bytes> = source
-        .stream(0, None, false)
-        .try_collect()
-        .await
-        .map_err(Error::internal)?;
-    Ok(chunks.concat())
 }
 
 fn mode_name(mode: SignatureMode) -> &'static str {
