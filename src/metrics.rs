@@ -393,6 +393,11 @@ impl Metrics {
         for reason in DENIAL_REASONS {
             self.auth_denials.with_label_values(&[reason]);
         }
+        for result in ["verified", "missing", "refused"] {
+            for mode in ["enforce", "warn"] {
+                self.signature_checks.with_label_values(&[result, mode]);
+            }
+        }
     }
 
     /// The label of `registry` if it is configured, shared (a request's line holds it);
