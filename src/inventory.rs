@@ -38,6 +38,18 @@ pub struct Closure {
 }
 
 impl Closure {
+    /// The manifests signatures and SBOMs may refer to: `root` (whose closure this is) and
+    /// its platform manifests, each once, root first.
+    pub fn subjects(&self, root: &Digest) -> Vec<Digest> {
+        let mut out = vec![root.clone()];
+        for p in &self.platforms {
+            if !out.contains(&p.manifest) {
+                out.push(p.manifest.clone());
+            }
+        }
+        out
+    }
+
     /// Bytes of what is stored.
     pub fn size(&self, store: &dyn BlobStore) -> u64 {
         self.stored
@@ -256,12 +268,9 @@ fn with_referrers(
     root: &Digest,
     c: &mut Closure,
 ) -> Result<()> {
-    let subjects: BTreeSet<&Digest> = std::iter::once(root)
-        .chain(c.platforms.iter().map(|p| &p.manifest))
-        .collect();
     let mut answers = Vec::new();
-    for subject in subjects {
-        if let Some(rec) = index.referrers(repo, subject)?
+    for subject in c.subjects(root) {
+        if let Some(rec) = index.referrers(repo, &subject)?
             && store.stat(&rec.digest)?.is_some()
         {
             answers.push(rec.digest);

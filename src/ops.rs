@@ -137,14 +137,11 @@ impl Operations {
             out.write_all(if first { b"\n" } else { b",\n" })?;
             first = false;
             let mut summary = ImageSummary::from(&image);
-            let subjects: Vec<Digest> = std::iter::once(image.digest.clone())
-                .chain(image.closure.platforms.iter().map(|p| p.manifest.clone()))
-                .collect();
             summary.attached = inventory::attached(
                 store.as_ref(),
                 index.as_ref(),
                 &image.reference.repo,
-                &subjects,
+                &image.closure.subjects(&image.digest),
             )?;
             serde_json::to_writer(&mut *out, &summary).map_err(Error::internal)
         })?;
@@ -241,10 +238,7 @@ impl Operations {
             let Some(root) = inventory::resolve(index.as_ref(), &image)? else {
                 return Ok(Vec::new());
             };
-            let closure = inventory::closure(store.as_ref(), &root, None)?;
-            let subjects: Vec<Digest> = std::iter::once(root)
-                .chain(closure.platforms.into_iter().map(|p| p.manifest))
-                .collect();
+            let subjects = inventory::closure(store.as_ref(), &root, None)?.subjects(&root);
             inventory::attachments(store.as_ref(), index.as_ref(), &image.repo, &subjects)
         })
         .await?;

@@ -366,6 +366,39 @@ impl HttpUpstream {
     }
 }
 
+impl HttpUpstream {
+    /// GET one page of a paginated listing (tags, referrers): `None` when the upstream
+    /// answers 404, else the body (at most a manifest's size) and the next page's URL from
+    /// `Link`, refused unless it stays on the registry's origin.
+    async fn page(
+        &self,
+        url: &Url,
+        repo: &RepoName,
+        accept: Option<&str>,
+    ) -> Result<Option<(Bytes, Option<Url>)>> {
+        let resp = self
+            .send(
+                Method::GET,
+                url.clone(),
+                repo,
+                accept,
+                Some(self.request_timeout),
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let next = header_str(&resp, header::LINK)
+            .and_then(next_link)
+            .and_then(|l| url.join(&l).ok());
+        if let Some(n) = &next {
+            trust::link(&self.base, n).map_err(|why| self.invalid(format!("refused {why}")))?;
+        }
+        let body = self.read_limited(resp, MAX_MANIFEST_BYTES).await?;
+        Ok(Some((body, next)))
+    }
+}
+
 fn header_str(resp: &reqwest::Response, name: header::HeaderName) -> Option<&str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -471,25 +504,9 @@ impl Upstream for HttpUpstream {
         let mut url = self.url(repo, "tags/list")?;
         let mut all = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
-            let resp = self
-                .send(
-                    Method::GET,
-                    url.clone(),
-                    repo,
-                    None,
-                    Some(self.request_timeout),
-                )
-                .await?;
-            if resp.status() == StatusCode::NOT_FOUND {
+            let Some((body, next)) = self.page(&url, repo, None).await? else {
                 return Ok(None);
-            }
-            let next = header_str(&resp, header::LINK)
-                .and_then(next_link)
-                .and_then(|l| url.join(&l).ok());
-            if let Some(n) = &next {
-                trust::link(&self.base, n).map_err(|why| self.invalid(format!("refused {why}")))?;
-            }
-            let body = self.read_limited(resp, MAX_MANIFEST_BYTES).await?;
+            };
             let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| self.invalid(format!("tag list of {repo} is not JSON: {e}")))?;
             all.extend(page.tags.unwrap_or_default());

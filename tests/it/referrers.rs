@@ -17,8 +17,14 @@ use support::registry::Registry;
 
 /// GET `path` on airlock: status, headers, body.
 async fn get(airlock: &Airlock, path: &str) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
+    get_at(&airlock.url(), path).await
+}
+
+/// GET `base` + `path`, accepting every manifest type: status, headers, body.
+async fn get_at(base: &str, path: &str) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
     let r = client()
-        .get(format!("{}{path}", airlock.url()))
+        .get(format!("{base}{path}"))
+        .header("accept", support::image::ACCEPT_ALL)
         .send()
         .await
         .unwrap();
@@ -372,21 +378,10 @@ async fn preload_brings_signatures_and_sboms_so_they_are_served_with_the_upstrea
     );
 
     reg.stop().await;
+    let base = daemon.url();
     let get = |path: String| {
-        let url = format!("{}{path}", daemon.url());
-        async move {
-            let r = client()
-                .get(url)
-                .header("accept", support::image::ACCEPT_ALL)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.headers().clone(),
-                r.bytes().await.unwrap(),
-            )
-        }
+        let base = base.clone();
+        async move { get_at(&base, &path).await }
     };
     let (status, h, body) = get(format!("/v2/org/app/referrers/{}", signed.digest)).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -494,21 +489,10 @@ async fn bundles_carry_signatures_and_sboms_to_a_site_without_an_upstream() {
         let out = far.cli(&["import", bundle]).await;
         assert!(out.status.success(), "{}", support::daemon::text(&out));
     }
+    let base = far.url();
     let get = |path: String| {
-        let url = format!("{}{path}", far.url());
-        async move {
-            let r = client()
-                .get(url)
-                .header("accept", support::image::ACCEPT_ALL)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.headers().clone(),
-                r.bytes().await.unwrap(),
-            )
-        }
+        let base = base.clone();
+        async move { get_at(&base, &path).await }
     };
     let (status, h, body) = get(format!("/v2/org/app/referrers/{}", app.digest)).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));

@@ -121,10 +121,7 @@ impl Artifact for OciArtifact {
         &[]
     }
     fn blobs(&self) -> BTreeMap<String, Bytes> {
-        std::iter::once(&self.config)
-            .chain(&self.layers)
-            .map(|b| (b.digest.clone(), b.data.clone()))
-            .collect()
+        super::image::blob_map(&self.config, &self.layers)
     }
 }
 

@@ -273,11 +273,16 @@ impl Artifact for Image {
         &[]
     }
     fn blobs(&self) -> BTreeMap<String, Bytes> {
-        std::iter::once(&self.config)
-            .chain(&self.layers)
-            .map(|b| (b.digest.clone(), b.data.clone()))
-            .collect()
+        blob_map(&self.config, &self.layers)
     }
+}
+
+/// A config and layers as [`Artifact::blobs`] gives them: digest -> bytes.
+pub fn blob_map(config: &Blob, layers: &[Blob]) -> BTreeMap<String, Bytes> {
+    std::iter::once(config)
+        .chain(layers)
+        .map(|b| (b.digest.clone(), b.data.clone()))
+        .collect()
 }
 
 /// Builds an [`Image`]; defaults: OCI, linux/amd64, no layers.
